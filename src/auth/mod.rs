@@ -1,0 +1,137 @@
+//! Who a subscriber is and what it may read: Parse key pairs at connect, the identity a
+//! subscription carries, and row read access (Parse ACL JSON or `_rperm`), all decided in memory.
+
+use serde_json::Value;
+
+use crate::config::KeyPairs;
+use crate::protocol::ClientKeys;
+
+/// The identity a subscription is evaluated with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Presented the configured master key: sees every row.
+    pub master: bool,
+    pub user_id: Option<String>,
+    /// Role names without the `role:` prefix, inheritance already resolved.
+    pub roles: Vec<String>,
+}
+
+/// Read access of one row image. `None` on a row means public.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadAcl {
+    pub public: bool,
+    pub users: Vec<String>,
+    pub roles: Vec<String>,
+}
+
+impl ReadAcl {
+    /// From Parse ACL JSON: `{"*":{"read":true},"<userId>":{"read":true},"role:<name>":{…}}`.
+    /// Anything that is not an object grants nobody but the master key.
+    pub fn from_parse_acl(acl: &Value) -> ReadAcl {
+        let mut read = ReadAcl::default();
+        for (who, grant) in acl.as_object().into_iter().flatten() {
+            if grant.get("read").and_then(Value::as_bool) == Some(true) {
+                read.grant(who);
+            }
+        }
+        read
+    }
+
+    /// From Parse's `_rperm` array: `["*", "<userId>", "role:<name>"]`.
+    pub fn from_rperm(rperm: &Value) -> ReadAcl {
+        let mut read = ReadAcl::default();
+        for who in rperm.as_array().into_iter().flatten().filter_map(Value::as_str) {
+            read.grant(who);
+        }
+        read
+    }
+
+    fn grant(&mut self, who: &str) {
+        if who == "*" {
+            self.public = true;
+        } else if let Some(role) = who.strip_prefix("role:") {
+            self.roles.push(role.to_string());
+        } else {
+            self.users.push(who.to_string());
+        }
+    }
+
+    pub fn allows(&self, identity: &Identity) -> bool {
+        self.public
+            || identity.master
+            || identity.user_id.as_ref().is_some_and(|u| self.users.contains(u))
+            || identity.roles.iter().any(|r| self.roles.contains(r))
+    }
+}
+
+/// Whether a row image with this access may be read by `identity`.
+pub fn can_read(acl: Option<&ReadAcl>, identity: &Identity) -> bool {
+    acl.is_none_or(|acl| acl.allows(identity))
+}
+
+/// Outcome of the Parse key-pair check at connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    Accepted { master: bool },
+    Refused,
+}
+
+/// Parse's rule: with no key pairs configured every connect is accepted; otherwise some
+/// configured pair must match exactly. Master access needs the configured master key.
+pub fn check_keys(configured: &KeyPairs, presented: &ClientKeys) -> KeyCheck {
+    let pairs = [
+        (&configured.javascript_key, &presented.javascript_key),
+        (&configured.client_key, &presented.client_key),
+        (&configured.rest_api_key, &presented.rest_api_key),
+        (&configured.windows_key, &presented.windows_key),
+        (&configured.master_key, &presented.master_key),
+    ];
+    let matches = |(want, got): &(&Option<String>, &Option<String>)| {
+        matches!((want, got), (Some(w), Some(g)) if !w.is_empty() && constant_time_eq(w, g))
+    };
+    let any_configured = pairs.iter().any(|(want, _)| want.is_some());
+    let master = matches(&pairs[4]);
+    if !any_configured || pairs.iter().any(matches) {
+        KeyCheck::Accepted { master }
+    } else {
+        KeyCheck::Refused
+    }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn acl_forms() {
+        let acl = ReadAcl::from_parse_acl(&json!({"u1": {"read": true, "write": true}, "role:Admin": {"read": true}, "u2": {"write": true}}));
+        let user = |id: &str| Identity { user_id: Some(id.into()), ..Identity::default() };
+        assert!(acl.allows(&user("u1")));
+        assert!(!acl.allows(&user("u2")));
+        assert!(!acl.allows(&Identity::default()));
+        assert!(acl.allows(&Identity { roles: vec!["Admin".into()], ..Identity::default() }));
+        assert!(acl.allows(&Identity { master: true, ..Identity::default() }));
+        assert!(ReadAcl::from_rperm(&json!(["*"])).allows(&Identity::default()));
+        assert!(!ReadAcl::from_parse_acl(&json!("garbage")).allows(&Identity::default()));
+        assert!(can_read(None, &Identity::default()));
+    }
+
+    #[test]
+    fn key_pairs() {
+        let none = KeyPairs::default();
+        let presented = ClientKeys { master_key: Some("m".into()), ..ClientKeys::default() };
+        assert_eq!(check_keys(&none, &presented), KeyCheck::Accepted { master: false });
+        let configured = KeyPairs { javascript_key: Some("js".into()), master_key: Some("m".into()), ..KeyPairs::default() };
+        assert_eq!(check_keys(&configured, &presented), KeyCheck::Accepted { master: true });
+        let js = ClientKeys { javascript_key: Some("js".into()), ..ClientKeys::default() };
+        assert_eq!(check_keys(&configured, &js), KeyCheck::Accepted { master: false });
+        let wrong = ClientKeys { javascript_key: Some("nope".into()), ..ClientKeys::default() };
+        assert_eq!(check_keys(&configured, &wrong), KeyCheck::Refused);
+        assert_eq!(check_keys(&configured, &ClientKeys::default()), KeyCheck::Refused);
+    }
+}

@@ -1,0 +1,38 @@
+//! The route table: a WebSocket upgrade on any path (as Parse accepts), `/health`, and JSON 404s.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use actix_web::{guard, web, HttpResponse};
+use serde_json::json;
+
+use crate::hub::Hub;
+use crate::transport::ws;
+
+/// What the plain HTTP endpoints report.
+#[derive(Clone)]
+pub struct HealthState {
+    pub hub: Arc<Hub>,
+    pub feed_position: Arc<AtomicI64>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/{any:.*}", web::get().guard(guard::fn_guard(|ctx| ws::is_upgrade(ctx.head()))).to(ws::upgrade))
+        .route("/health", web::get().to(health))
+        .default_service(web::to(not_found));
+}
+
+async fn health(state: web::Data<HealthState>) -> HttpResponse {
+    let stats = state.hub.stats();
+    HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "connections": stats.connections,
+        "subscriptions": stats.subscriptions,
+        "distinctQueries": stats.distinct_queries,
+        "feedPosition": state.feed_position.load(Ordering::Acquire),
+    }))
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({"code": 404, "error": "not found"}))
+}

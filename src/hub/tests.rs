@@ -1,0 +1,171 @@
+use serde_json::{json, Value};
+use tokio::sync::mpsc::Receiver;
+
+use super::*;
+use crate::query::{canonical_key, QueryLimits};
+
+fn object(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap()
+}
+
+fn subscription(where_: Value, keys: Option<&[&str]>, watch: Option<&[&str]>) -> Subscription {
+    let where_ = object(where_);
+    Subscription {
+        class: "Msg".into(),
+        key: canonical_key("Msg", &where_),
+        query: Arc::new(Query::compile(&where_, QueryLimits::default()).unwrap()),
+        keys: keys.map(|k| k.iter().map(|s| s.to_string()).collect()),
+        watch: watch.map(|k| k.iter().map(|s| s.to_string()).collect()),
+        identity: Identity::default(),
+    }
+}
+
+fn image(v: Value) -> Option<RowImage> {
+    Some(RowImage { object: object(v), acl: None })
+}
+
+fn change(kind: ChangeKind, old: Option<RowImage>, new: Option<RowImage>) -> Change {
+    Change { pos: 7, class: "Msg".into(), kind, old, new }
+}
+
+fn connect(hub: &Hub, capacity: usize) -> (ConnectionId, Receiver<Outgoing>) {
+    let (outbox, rx) = Outbox::new(capacity);
+    (hub.register(outbox), rx)
+}
+
+fn subscribe(hub: &Hub, conn: ConnectionId, id: i64, sub: Subscription) {
+    hub.subscribe(conn, RequestId::from(id), sub, Outgoing::Text("subscribed".into())).unwrap();
+}
+
+/// Every event delivered so far, as (op, requestId, object, original).
+fn drain(rx: &mut Receiver<Outgoing>) -> Vec<(EventOp, String, Value, Option<Value>)> {
+    let mut out = Vec::new();
+    while let Ok(item) = rx.try_recv() {
+        if let Outgoing::Event(d) = item {
+            let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+            out.push((d.op, d.request_id.to_string(), parse(&d.payload.object), d.payload.original.as_deref().map(parse)));
+        }
+    }
+    out
+}
+
+fn ops(events: &[(EventOp, String, Value, Option<Value>)]) -> Vec<EventOp> {
+    events.iter().map(|e| e.0).collect()
+}
+
+#[test]
+fn decision_table() {
+    let hub = Hub::new(10);
+    let (conn, mut rx) = connect(&hub, 100);
+    subscribe(&hub, conn, 1, subscription(json!({"room": "a"}), None, None));
+    let row = |room: &str| image(json!({"className": "Msg", "objectId": "1", "room": room}));
+    hub.publish(&change(ChangeKind::Insert, None, row("a")));
+    hub.publish(&change(ChangeKind::Insert, None, row("b")));
+    hub.publish(&change(ChangeKind::Update, row("a"), row("a")));
+    hub.publish(&change(ChangeKind::Update, row("a"), row("b")));
+    hub.publish(&change(ChangeKind::Update, row("b"), row("a")));
+    hub.publish(&change(ChangeKind::Update, row("b"), row("b")));
+    hub.publish(&change(ChangeKind::Delete, row("a"), None));
+    hub.publish(&change(ChangeKind::Delete, row("b"), None));
+    let events = drain(&mut rx);
+    assert_eq!(ops(&events), [EventOp::Create, EventOp::Update, EventOp::Leave, EventOp::Enter, EventOp::Delete]);
+    // leave carries the new state as object and the old one as original; delete has no original
+    assert_eq!(events[2].2["room"], "b");
+    assert_eq!(events[2].3.as_ref().unwrap()["room"], "a");
+    assert_eq!(events[0].3, None);
+    assert_eq!(events[4].3, None);
+    assert_eq!(events[4].2["room"], "a");
+}
+
+#[test]
+fn restricted_rows_reach_only_readers() {
+    let hub = Hub::new(10);
+    let (anon, mut anon_rx) = connect(&hub, 100);
+    let (master, mut master_rx) = connect(&hub, 100);
+    subscribe(&hub, anon, 1, subscription(json!({}), None, None));
+    let mut sub = subscription(json!({}), None, None);
+    sub.identity.master = true;
+    subscribe(&hub, master, 1, sub);
+    let private = Some(RowImage { object: object(json!({"objectId": "1"})), acl: Some(ReadAcl::default()) });
+    let public = image(json!({"objectId": "1"}));
+    hub.publish(&change(ChangeKind::Insert, None, private.clone()));
+    hub.publish(&change(ChangeKind::Update, private.clone(), public.clone()));
+    hub.publish(&change(ChangeKind::Update, public, private));
+    assert_eq!(ops(&drain(&mut anon_rx)), [EventOp::Enter, EventOp::Leave]);
+    assert_eq!(ops(&drain(&mut master_rx)), [EventOp::Create, EventOp::Update, EventOp::Update]);
+}
+
+#[test]
+fn identical_queries_share_one_group_and_one_payload() {
+    let hub = Hub::new(10);
+    let (a, mut a_rx) = connect(&hub, 100);
+    let (b, mut b_rx) = connect(&hub, 100);
+    subscribe(&hub, a, 1, subscription(json!({"room": "x", "n": {"$gt": 1}}), None, None));
+    subscribe(&hub, b, 5, subscription(json!({"n": {"$gt": 1}, "room": "x"}), None, None));
+    assert_eq!(hub.stats(), HubStats { connections: 2, subscriptions: 2, distinct_queries: 1 });
+    hub.publish(&change(ChangeKind::Insert, None, image(json!({"room": "x", "n": 2}))));
+    let (Some(Outgoing::Event(da)), Some(Outgoing::Event(db))) = (last(&mut a_rx), last(&mut b_rx)) else { panic!() };
+    assert_eq!(da.request_id, RequestId::from(1));
+    assert_eq!(db.request_id, RequestId::from(5));
+    assert!(Arc::ptr_eq(&da.payload, &db.payload), "payload encoded once");
+}
+
+fn last(rx: &mut Receiver<Outgoing>) -> Option<Outgoing> {
+    let mut last = None;
+    while let Ok(item) = rx.try_recv() {
+        last = Some(item);
+    }
+    last
+}
+
+#[test]
+fn keys_project_and_watch_suppresses() {
+    let hub = Hub::new(10);
+    let (conn, mut rx) = connect(&hub, 100);
+    subscribe(&hub, conn, 1, subscription(json!({}), Some(&["a"]), Some(&["w"])));
+    let row = |v: Value| image(v);
+    hub.publish(&change(ChangeKind::Insert, None, row(json!({"objectId": "1", "a": 1, "b": 2}))));
+    hub.publish(&change(ChangeKind::Insert, None, row(json!({"objectId": "1", "a": 1, "b": 2, "w": 0}))));
+    hub.publish(&change(ChangeKind::Update, row(json!({"objectId": "1", "w": 0, "a": 1})), row(json!({"objectId": "1", "w": 0, "a": 2}))));
+    hub.publish(&change(ChangeKind::Update, row(json!({"objectId": "1", "w": 0, "a": 1})), row(json!({"objectId": "1", "w": 1, "a": 2}))));
+    let events = drain(&mut rx);
+    assert_eq!(ops(&events), [EventOp::Create, EventOp::Update]);
+    assert_eq!(events[0].2, json!({"objectId": "1", "a": 1}));
+    assert_eq!(events[1].2, json!({"objectId": "1", "a": 2}));
+    assert_eq!(events[1].3, Some(json!({"objectId": "1", "a": 1})));
+}
+
+#[test]
+fn a_full_queue_disconnects_only_that_client() {
+    let hub = Hub::new(10);
+    let (slow, mut slow_rx) = connect(&hub, 3);
+    let (fast, mut fast_rx) = connect(&hub, 100);
+    subscribe(&hub, slow, 1, subscription(json!({}), None, None));
+    subscribe(&hub, fast, 1, subscription(json!({}), None, None));
+    for i in 0..10 {
+        hub.publish(&change(ChangeKind::Insert, None, image(json!({"objectId": i.to_string()}))));
+        assert_eq!(drain(&mut fast_rx).len(), 1);
+    }
+    let mut received = 0;
+    while slow_rx.try_recv().is_ok() {
+        received += 1;
+    }
+    assert_eq!(received, 3, "the subscribed reply and two events filled the queue");
+}
+
+#[test]
+fn unsubscribe_replace_and_disconnect_leave_nothing_behind() {
+    let hub = Hub::new(2);
+    let (conn, _rx) = connect(&hub, 100);
+    subscribe(&hub, conn, 1, subscription(json!({"a": 1}), None, None));
+    subscribe(&hub, conn, 1, subscription(json!({"a": 2}), None, None));
+    assert_eq!(hub.stats(), HubStats { connections: 1, subscriptions: 1, distinct_queries: 1 }, "reused requestId replaces");
+    subscribe(&hub, conn, 2, subscription(json!({"a": 3}), None, None));
+    let refused = hub.subscribe(conn, RequestId::from(3), subscription(json!({}), None, None), Outgoing::Text(String::new()));
+    assert_eq!(refused, Err(SubscribeError::TooManySubscriptions { limit: 2 }));
+    assert!(hub.unsubscribe(conn, &RequestId::from(2)));
+    assert!(!hub.unsubscribe(conn, &RequestId::from(2)));
+    hub.disconnect(conn);
+    assert_eq!(hub.stats(), HubStats::default());
+    assert!(hub.read().classes.is_empty());
+}

@@ -1,0 +1,28 @@
+//! livegate: a realtime gateway for PostgreSQL.
+//!
+//! Module map, in the direction data flows (see ARCHITECTURE.md):
+//!
+//! - [`feed`]: LISTEN/NOTIFY doorbell + ordered reads of the change table → [`hub::Change`]s.
+//! - [`hub`]: subscriptions by class and identical query, decision table, fan-out into bounded
+//!   per-connection outboxes. Never waits on a client.
+//! - [`session`]: one Parse LiveQuery connection's state machine (pure).
+//! - [`protocol`]: Parse wire messages, validation and error codes (pure).
+//! - [`query`]: `where` JSON → compiled query; the matcher (pure).
+//! - [`auth`]: key pairs, identities, row read access.
+//! - [`transport`]: socket framing (WebSocket).
+//! - [`http`]: route table and health.
+//! - [`app`], [`config`], [`database`], [`telemetry`]: start-up plumbing.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod database;
+pub mod feed;
+pub mod http;
+pub mod hub;
+pub mod protocol;
+pub mod query;
+pub mod session;
+pub mod telemetry;
+pub mod transport;
+pub mod value;

@@ -1,0 +1,140 @@
+//! Server → client frames, byte for byte as Parse's `Client._pushEvent` builds them: keys in
+//! the order `op, clientId, installationId, requestId, object, original` (absent when unset);
+//! errors as `op, error, code, reconnect, requestId` with `requestId: null` when there is none.
+
+use std::fmt::Write;
+
+use super::RequestId;
+
+/// A protocol reply (anything that is not a data event).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply<'a> {
+    Connected,
+    Subscribed(&'a RequestId),
+    Unsubscribed(&'a RequestId),
+}
+
+/// The data events of §3 of the protocol study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventOp {
+    Create,
+    Enter,
+    Update,
+    Leave,
+    Delete,
+}
+
+impl EventOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventOp::Create => "create",
+            EventOp::Enter => "enter",
+            EventOp::Update => "update",
+            EventOp::Leave => "leave",
+            EventOp::Delete => "delete",
+        }
+    }
+}
+
+fn push_str(out: &mut String, s: &str) {
+    // Serialising a &str cannot fail; fall back to an empty string rather than panic.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+fn head(out: &mut String, op: &str, client_id: &str, installation_id: Option<&str>) {
+    out.push_str("{\"op\":");
+    push_str(out, op);
+    out.push_str(",\"clientId\":");
+    push_str(out, client_id);
+    if let Some(id) = installation_id {
+        out.push_str(",\"installationId\":");
+        push_str(out, id);
+    }
+}
+
+fn push_request_id(out: &mut String, request_id: &RequestId) {
+    let _ = write!(out, ",\"requestId\":{}", request_id.as_number());
+}
+
+pub fn encode_reply(reply: &Reply<'_>, client_id: &str, installation_id: Option<&str>) -> String {
+    let mut out = String::with_capacity(96);
+    match reply {
+        Reply::Connected => head(&mut out, "connected", client_id, installation_id),
+        Reply::Subscribed(id) => {
+            head(&mut out, "subscribed", client_id, installation_id);
+            push_request_id(&mut out, id);
+        }
+        Reply::Unsubscribed(id) => {
+            head(&mut out, "unsubscribed", client_id, installation_id);
+            push_request_id(&mut out, id);
+        }
+    }
+    out.push('}');
+    out
+}
+
+pub fn encode_error(code: i64, message: &str, reconnect: bool, request_id: Option<&RequestId>) -> String {
+    let mut out = String::with_capacity(64 + message.len());
+    out.push_str("{\"op\":\"error\",\"error\":");
+    push_str(&mut out, message);
+    let _ = write!(out, ",\"code\":{code},\"reconnect\":{reconnect},\"requestId\":");
+    match request_id {
+        Some(id) => {
+            let _ = write!(out, "{}", id.as_number());
+        }
+        None => out.push_str("null"),
+    }
+    out.push('}');
+    out
+}
+
+/// An event frame around already-encoded object JSON (encoded once per change, shared).
+pub fn encode_event(
+    op: EventOp,
+    client_id: &str,
+    installation_id: Option<&str>,
+    request_id: &RequestId,
+    object: &str,
+    original: Option<&str>,
+) -> String {
+    let mut out = String::with_capacity(96 + object.len() + original.map_or(0, str::len));
+    head(&mut out, op.as_str(), client_id, installation_id);
+    push_request_id(&mut out, request_id);
+    out.push_str(",\"object\":");
+    out.push_str(object);
+    if let Some(original) = original {
+        out.push_str(",\"original\":");
+        out.push_str(original);
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_match_parse_byte_for_byte() {
+        let id = RequestId::from(3);
+        assert_eq!(encode_reply(&Reply::Connected, "c1", None), r#"{"op":"connected","clientId":"c1"}"#);
+        assert_eq!(
+            encode_reply(&Reply::Subscribed(&id), "c1", Some("inst")),
+            r#"{"op":"subscribed","clientId":"c1","installationId":"inst","requestId":3}"#
+        );
+        assert_eq!(encode_reply(&Reply::Unsubscribed(&id), "c1", None), r#"{"op":"unsubscribed","clientId":"c1","requestId":3}"#);
+        assert_eq!(
+            encode_error(4, "Key in request is not valid", true, None),
+            r#"{"op":"error","error":"Key in request is not valid","code":4,"reconnect":true,"requestId":null}"#
+        );
+        assert_eq!(encode_error(102, "bad \"q\"", false, Some(&id)), r#"{"op":"error","error":"bad \"q\"","code":102,"reconnect":false,"requestId":3}"#);
+        assert_eq!(
+            encode_event(EventOp::Update, "c1", None, &id, r#"{"a":1}"#, Some(r#"{"a":0}"#)),
+            r#"{"op":"update","clientId":"c1","requestId":3,"object":{"a":1},"original":{"a":0}}"#
+        );
+        assert_eq!(
+            encode_event(EventOp::Create, "c1", Some("i"), &id, "{}", None),
+            r#"{"op":"create","clientId":"c1","installationId":"i","requestId":3,"object":{}}"#
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! One Parse LiveQuery connection's state machine: connect, subscribe, update, unsubscribe, with
+//! Parse's replies and error codes. No I/O: replies go into the connection's outbox, state into
+//! the hub; the transport only moves frames.
+
+use std::sync::Arc;
+
+use crate::auth::{check_keys, Identity, KeyCheck};
+use crate::config::KeyPairs;
+use crate::hub::{ConnectionId, Delivery, Hub, Outbox, Outgoing, SubscribeError, Subscription};
+use crate::protocol::{self, code, decode, encode_error, encode_reply, Decoded, Reply, Request, RequestId, Subscribe};
+use crate::query::{canonical_key, Query, QueryLimits};
+
+/// What every session of one server shares.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub keys: KeyPairs,
+    pub query_limits: QueryLimits,
+}
+
+#[derive(Debug, Clone)]
+struct Client {
+    client_id: String,
+    installation_id: Option<String>,
+    master: bool,
+}
+
+pub struct ParseSession {
+    hub: Arc<Hub>,
+    settings: Arc<SessionSettings>,
+    connection: ConnectionId,
+    outbox: Outbox,
+    client: Option<Client>,
+}
+
+impl ParseSession {
+    pub fn new(hub: Arc<Hub>, settings: Arc<SessionSettings>, outbox: Outbox) -> ParseSession {
+        let connection = hub.register(outbox.clone());
+        ParseSession { hub, settings, connection, outbox, client: None }
+    }
+
+    /// Handles one text frame.
+    pub fn on_text(&mut self, text: &str) {
+        match decode(text) {
+            Decoded::Ignored => tracing::debug!(connection = self.connection, "ignored a frame that is not JSON"),
+            Decoded::Invalid(message) => self.error(code::SCHEMA, &message, true, None),
+            Decoded::Request(request) => self.on_request(request),
+        }
+    }
+
+    /// Binary frames are not parsed by Parse; they fail the schema like an empty object.
+    pub fn on_binary(&mut self) {
+        self.error(code::SCHEMA, "Missing required property: op", true, None);
+    }
+
+    /// Frames an event for this client, or `None` before `connect`.
+    pub fn frame_event(&self, delivery: &Delivery) -> Option<String> {
+        let client = self.client.as_ref()?;
+        Some(protocol::encode_event(
+            delivery.op,
+            &client.client_id,
+            client.installation_id.as_deref(),
+            &delivery.request_id,
+            &delivery.payload.object,
+            delivery.payload.original.as_deref(),
+        ))
+    }
+
+    fn on_request(&mut self, request: Request) {
+        match request {
+            Request::Connect(connect) => {
+                let master = match check_keys(&self.settings.keys, &connect.keys) {
+                    KeyCheck::Accepted { master } => master,
+                    KeyCheck::Refused => return self.error(code::INVALID_KEYS, "Key in request is not valid", true, None),
+                };
+                // A second connect replaces the first client cleanly (Parse 2024 leaked it).
+                self.hub.unsubscribe_all(self.connection);
+                let client = Client {
+                    client_id: uuid::Uuid::new_v4().to_string(),
+                    installation_id: connect.installation_id,
+                    master,
+                };
+                self.push_reply(&client, &Reply::Connected);
+                self.client = Some(client);
+            }
+            Request::Subscribe(subscribe) => {
+                if self.client.is_none() {
+                    return self.not_connected("subscribing");
+                }
+                self.subscribe(subscribe);
+            }
+            Request::Update(subscribe) => {
+                if self.client.is_none() {
+                    self.not_connected("unsubscribing");
+                    return self.not_connected("subscribing");
+                }
+                if !self.hub.unsubscribe(self.connection, &subscribe.request_id) {
+                    self.unknown_subscription(&subscribe.request_id);
+                }
+                self.subscribe(subscribe);
+            }
+            Request::Unsubscribe { request_id } => {
+                let Some(client) = self.client.clone() else {
+                    return self.not_connected("unsubscribing");
+                };
+                if self.hub.unsubscribe(self.connection, &request_id) {
+                    self.push_reply(&client, &Reply::Unsubscribed(&request_id));
+                } else {
+                    self.unknown_subscription(&request_id);
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, request: Subscribe) {
+        let Some(client) = self.client.clone() else { return };
+        let query = match Query::compile(&request.where_, self.settings.query_limits) {
+            Ok(query) => query,
+            Err(e) => return self.error(code::INVALID_QUERY, &e.0, false, Some(&request.request_id)),
+        };
+        let subscription = Subscription {
+            key: canonical_key(&request.class_name, &request.where_),
+            class: request.class_name.into(),
+            query: Arc::new(query),
+            keys: request.keys.map(Into::into),
+            watch: request.watch.map(Into::into),
+            identity: Identity { master: client.master, ..Identity::default() },
+        };
+        let confirmation = reply_text(&client, &Reply::Subscribed(&request.request_id));
+        match self.hub.subscribe(self.connection, request.request_id.clone(), subscription, Outgoing::Text(confirmation)) {
+            Ok(()) => {}
+            Err(SubscribeError::TooManySubscriptions { limit }) => self.error(
+                code::LIMIT_EXCEEDED,
+                &format!("Too many subscriptions on this connection (limit {limit})"),
+                false,
+                Some(&request.request_id),
+            ),
+            Err(SubscribeError::UnknownConnection) => {
+                self.error(code::NOT_FOUND, "Can not find this client, make sure you connect to server before subscribing", true, None)
+            }
+        }
+    }
+
+    fn not_connected(&self, action: &str) {
+        self.error(code::NOT_FOUND, &format!("Can not find this client, make sure you connect to server before {action}"), true, None);
+    }
+
+    fn unknown_subscription(&self, request_id: &RequestId) {
+        let client_id = self.client.as_ref().map(|c| c.client_id.as_str()).unwrap_or_default();
+        self.error(
+            code::NOT_FOUND,
+            &format!(
+                "Cannot find subscription with clientId {client_id} subscriptionId {request_id}. \
+                 Make sure you subscribe to live query server before unsubscribing."
+            ),
+            true,
+            None,
+        );
+    }
+
+    fn error(&self, code: i64, message: &str, reconnect: bool, request_id: Option<&RequestId>) {
+        self.outbox.push(Outgoing::Text(encode_error(code, message, reconnect, request_id)));
+    }
+
+    fn push_reply(&self, client: &Client, reply: &Reply<'_>) {
+        self.outbox.push(Outgoing::Text(reply_text(client, reply)));
+    }
+}
+
+fn reply_text(client: &Client, reply: &Reply<'_>) -> String {
+    encode_reply(reply, &client.client_id, client.installation_id.as_deref())
+}
+
+impl Drop for ParseSession {
+    fn drop(&mut self) {
+        self.hub.disconnect(self.connection);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use tokio::sync::mpsc::Receiver;
+
+    fn session(keys: KeyPairs) -> (ParseSession, Receiver<Outgoing>, Arc<Hub>) {
+        let hub = Arc::new(Hub::new(5));
+        let (outbox, rx) = Outbox::new(64);
+        let settings = Arc::new(SessionSettings { keys, query_limits: QueryLimits::default() });
+        (ParseSession::new(hub.clone(), settings, outbox), rx, hub)
+    }
+
+    fn replies(rx: &mut Receiver<Outgoing>) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(Outgoing::Text(t)) = rx.try_recv() {
+            out.push(serde_json::from_str(&t).unwrap());
+        }
+        out
+    }
+
+    const CONNECT: &str = r#"{"op":"connect","applicationId":"app","installationId":"inst"}"#;
+    const SUBSCRIBE: &str = r#"{"op":"subscribe","requestId":1,"query":{"className":"Msg","where":{}}}"#;
+
+    #[test]
+    fn connect_subscribe_unsubscribe() {
+        let (mut s, mut rx, hub) = session(KeyPairs::default());
+        s.on_text(CONNECT);
+        s.on_text(SUBSCRIBE);
+        s.on_text(r#"{"op":"unsubscribe","requestId":1}"#);
+        let r = replies(&mut rx);
+        let client_id = r[0]["clientId"].as_str().unwrap().to_string();
+        assert_eq!(uuid::Uuid::parse_str(&client_id).unwrap().get_version_num(), 4);
+        assert_eq!(r[0], serde_json::json!({"op": "connected", "clientId": client_id, "installationId": "inst"}));
+        assert_eq!(r[1], serde_json::json!({"op": "subscribed", "clientId": client_id, "installationId": "inst", "requestId": 1}));
+        assert_eq!(r[2]["op"], "unsubscribed");
+        assert_eq!(hub.stats().subscriptions, 0);
+        drop(s);
+        assert_eq!(hub.stats().connections, 0);
+    }
+
+    #[test]
+    fn errors_before_connect() {
+        let (mut s, mut rx, _) = session(KeyPairs::default());
+        s.on_text(SUBSCRIBE);
+        s.on_text(r#"{"op":"unsubscribe","requestId":1}"#);
+        s.on_text(r#"{"op":"update","requestId":1,"query":{"className":"Msg","where":{}}}"#);
+        let r = replies(&mut rx);
+        let messages: Vec<_> = r.iter().map(|v| (v["code"].as_i64().unwrap(), v["error"].as_str().unwrap().to_string())).collect();
+        assert_eq!(
+            messages,
+            [
+                (2, "Can not find this client, make sure you connect to server before subscribing".into()),
+                (2, "Can not find this client, make sure you connect to server before unsubscribing".into()),
+                (2, "Can not find this client, make sure you connect to server before unsubscribing".into()),
+                (2, "Can not find this client, make sure you connect to server before subscribing".into()),
+            ]
+        );
+        assert!(r.iter().all(|v| v["requestId"].is_null() && v["reconnect"] == true));
+    }
+
+    #[test]
+    fn update_of_unknown_subscription_errors_then_subscribes() {
+        let (mut s, mut rx, hub) = session(KeyPairs::default());
+        s.on_text(CONNECT);
+        s.on_text(r#"{"op":"update","requestId":9,"query":{"className":"Msg","where":{"a":1}}}"#);
+        let r = replies(&mut rx);
+        let client_id = r[0]["clientId"].as_str().unwrap();
+        assert_eq!(
+            r[1]["error"],
+            format!("Cannot find subscription with clientId {client_id} subscriptionId 9. Make sure you subscribe to live query server before unsubscribing.")
+        );
+        assert_eq!(r[2]["op"], "subscribed");
+        assert_eq!(hub.stats().subscriptions, 1);
+    }
+
+    #[test]
+    fn bad_keys_bad_queries_and_limits() {
+        let keys = KeyPairs { javascript_key: Some("js".into()), ..KeyPairs::default() };
+        let (mut s, mut rx, hub) = session(keys);
+        s.on_text(r#"{"op":"connect","applicationId":"app","javascriptKey":"wrong"}"#);
+        s.on_text(r#"{"op":"connect","applicationId":"app","javascriptKey":"js"}"#);
+        s.on_text(r#"{"op":"subscribe","requestId":1,"query":{"className":"Msg","where":{"a":{"$regex":"x"}}}}"#);
+        for id in 2..=7 {
+            s.on_text(&format!(r#"{{"op":"subscribe","requestId":{id},"query":{{"className":"Msg","where":{{}}}}}}"#));
+        }
+        s.on_binary();
+        let r = replies(&mut rx);
+        assert_eq!(r[0], serde_json::json!({"op":"error","error":"Key in request is not valid","code":4,"reconnect":true,"requestId":null}));
+        assert_eq!(r[1]["op"], "connected");
+        assert_eq!(
+            r[2],
+            serde_json::json!({"op":"error","error":"Unsupported query operator: $regex","code":102,"reconnect":false,"requestId":1})
+        );
+        assert_eq!(r[8]["code"], 155);
+        assert_eq!(r[8]["requestId"], 7);
+        assert_eq!(r[9]["error"], "Missing required property: op");
+        assert_eq!(hub.stats().subscriptions, 5);
+    }
+}
