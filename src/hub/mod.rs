@@ -262,12 +262,16 @@ fn decide(kind: ChangeKind, old_visible: bool, new_visible: bool) -> Option<Even
 }
 
 /// `watch`: a create or update is sent only when a watched field differs from the original
-/// (a create compares with nothing, so it needs a watched field to be set).
+/// (a create compares with nothing, so it needs a watched field to be set). A NULL column is
+/// an unset field, as in Parse.
 fn watched_field_changed(watch: Option<&[String]>, change: &Change) -> bool {
     let Some(watch) = watch else { return true };
     let Some(new) = &change.new else { return true };
-    let old = change.old.as_ref().map(|o| &o.object);
-    watch.iter().any(|field| new.object.get(field) != old.and_then(|o| o.get(field)))
+    watch.iter().any(|name| set_field(Some(new), name) != set_field(change.old.as_ref(), name))
+}
+
+fn set_field<'a>(image: Option<&'a RowImage>, name: &str) -> Option<&'a Value> {
+    image.and_then(|i| i.object.get(name)).filter(|v| !v.is_null())
 }
 
 /// Fields every projection keeps (Parse's `_toJSONWithFields`).

@@ -1,0 +1,234 @@
+//! Test harness: a fresh database per test, the real app on port 0, real WebSocket clients.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use livegate::app::Application;
+use livegate::config::Config;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Server URL without a database; `LIVEGATE_TEST_DATABASE_URL` overrides it.
+pub fn server_url() -> String {
+    std::env::var("LIVEGATE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A database created for one test and dropped after it.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let name = format!("livegate_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&format!("{}/postgres", server_url())).await.expect("connect to the test server");
+        admin.execute(format!("create database {name}").as_str()).await.expect("create test database");
+        let url = format!("{}/{name}", server_url());
+        let pool = PgPoolOptions::new().max_connections(8).connect(&url).await.expect("connect to test database");
+        TestDb { name, url, pool }
+    }
+
+    pub async fn execute(&self, sql: &str) {
+        self.pool.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop from a thread of its own: Drop cannot await, and the test's runtime is ending.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", server_url())).await {
+                    let _ = admin.execute(format!("drop database if exists {name} with (force)").as_str()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The standard watched table of these tests.
+pub const MESSAGES: &str = "create table messages (
+    id bigserial primary key,
+    room text,
+    body text,
+    n integer,
+    tags text[],
+    due date,
+    secret_note text,
+    _internal text,
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now()
+)";
+
+pub struct TestApp {
+    pub port: u16,
+    pub db: TestDb,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl TestApp {
+    /// A database with the `messages` table, watched, and the gateway on it.
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+        let db = TestDb::create().await;
+        db.execute(MESSAGES).await;
+        TestApp::spawn_on(db, |config| {
+            config.feed.tables = vec!["messages".into()];
+            configure(config)
+        })
+        .await
+    }
+
+    pub async fn spawn_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.workers = 1;
+        config.database.url = db.url.clone();
+        config.feed.poll_interval_ms = 200;
+        config.feed.reconnect_min_ms = 20;
+        config.feed.reconnect_max_ms = 200;
+        configure(&mut config);
+        let app = Application::build(config).await.expect("the app starts");
+        let port = app.port();
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        TestApp { port, db, handle }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/", self.port)
+    }
+
+    pub async fn client(&self) -> WsClient {
+        WsClient::connect(&self.ws_url()).await
+    }
+
+    /// A client that has connected and subscribed (requestId 1) to `where_` on `messages`.
+    pub async fn subscriber(&self, where_: Value) -> WsClient {
+        let mut client = self.client().await;
+        client.connect_parse().await;
+        client.subscribe(1, "messages", where_).await;
+        client
+    }
+
+    pub async fn health(&self) -> Value {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let request = "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await.unwrap();
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("health body {body:?}: {e}"))
+    }
+
+    /// Waits until `/health` satisfies `ready`, or panics after a few seconds.
+    pub async fn wait_for_health(&self, ready: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..100 {
+            let health = self.health().await;
+            if ready(&health) {
+                return health;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("health never became ready: {}", self.health().await);
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        tokio::spawn(async move { handle.stop(false).await });
+    }
+}
+
+pub struct WsClient {
+    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How long a test waits for a frame that should come.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+impl WsClient {
+    pub async fn connect(url: &str) -> WsClient {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket handshake");
+        WsClient { socket }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::text(text)).await.expect("send frame");
+    }
+
+    /// The next text frame as JSON (pings are answered by the client library).
+    pub async fn recv(&mut self) -> Value {
+        self.recv_within(PATIENCE).await.expect("a frame in time")
+    }
+
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()?;
+            match message {
+                Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).expect("server frames are JSON")),
+                Some(Ok(Message::Close(frame))) => panic!("socket closed: {frame:?}"),
+                Some(Ok(_)) => continue,
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts that no text frame arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(frame) = self.recv_within(wait).await {
+            panic!("unexpected frame {frame}");
+        }
+    }
+
+    /// Waits for the server to close the socket and returns the close code.
+    pub async fn closed(&mut self) -> Option<CloseCode> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.socket.next()).await.expect("the server closes the socket") {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    pub async fn connect_parse(&mut self) -> String {
+        self.send(json!({"op": "connect", "applicationId": "app"})).await;
+        let reply = self.recv().await;
+        assert_eq!(reply["op"], "connected", "{reply}");
+        reply["clientId"].as_str().unwrap().to_string()
+    }
+
+    pub async fn subscribe(&mut self, request_id: i64, class: &str, where_: Value) {
+        self.send(json!({"op": "subscribe", "requestId": request_id, "query": {"className": class, "where": where_}})).await;
+        let reply = self.recv().await;
+        assert_eq!(reply["op"], "subscribed", "{reply}");
+        assert_eq!(reply["requestId"], request_id);
+    }
+
+    /// The next event frame, asserting its op.
+    pub async fn expect_event(&mut self, op: &str) -> Value {
+        let frame = self.recv().await;
+        assert_eq!(frame["op"], op, "expected {op}, got {frame}");
+        frame
+    }
+}
