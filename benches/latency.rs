@@ -66,8 +66,10 @@ async fn main() {
         acked.push(arrived.saturating_duration_since(committed));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    report("INSERT sent -> frame", &mut sent);
-    report("commit acked -> frame", &mut acked);
+    // The first change of a table also loads its metadata from the catalog: shown apart.
+    println!("first change: sent -> frame {:.2?}, acked -> frame {:.2?}", sent[0], acked[0]);
+    report("INSERT sent -> frame", &mut sent[1..]);
+    report("commit acked -> frame", &mut acked[1..]);
 
     handle.stop(false).await;
     drop(writer);

@@ -11,7 +11,7 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use sqlx::PgPool;
 
-use crate::support::{server_url, TestApp, TestDb};
+use crate::support::{server_url, Proxy, TestApp, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn positions_follow_commit_order_not_capture_order() {
@@ -197,4 +197,41 @@ async fn start_up_creates_the_database_and_reports_bad_tables() {
     config.database.url = format!("{}/livegate_test_missing_{}", server_url(), uuid::Uuid::new_v4().simple());
     let error = Application::build(config).await.err().expect("a missing database is refused");
     assert!(error.to_string().contains("does not exist"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_caught_up_in_order_after_reconnect() {
+    let db = TestDb::create().await;
+    db.execute(crate::support::MESSAGES).await;
+    let upstream = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url).unwrap().get_port();
+    let proxy = Proxy::start(upstream).await;
+    let through_proxy = db.url.replacen(&format!(":{upstream}/"), &format!(":{}/", proxy.port), 1);
+    assert_ne!(through_proxy, db.url);
+    let app = TestApp::spawn_on(db, |c| {
+        c.database.url = through_proxy;
+        c.feed.tables = vec!["messages".into()];
+    })
+    .await;
+    let mut client = app.subscriber(json!({})).await;
+    app.db.execute("insert into messages (room, n) values ('before', 0)").await;
+    assert_eq!(client.expect_event("create").await["object"]["room"], "before");
+
+    // The gateway loses every database connection and cannot reconnect for a while; writers,
+    // connected directly, keep committing.
+    proxy.cut();
+    for n in 0..50 {
+        sqlx::query("insert into messages (room, n) values ('during', $1)").bind(n).execute(&app.db.pool).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client.expect_silence(Duration::from_millis(10)).await;
+    proxy.restore();
+
+    for n in 0..50 {
+        let create = client.expect_event("create").await;
+        assert_eq!(create["object"]["room"], "during");
+        assert_eq!(create["object"]["n"], n, "caught up in commit order");
+    }
+    app.db.execute("insert into messages (room, n) values ('after', 0)").await;
+    assert_eq!(client.expect_event("create").await["object"]["room"], "after");
+    client.expect_silence(Duration::from_millis(500)).await;
 }

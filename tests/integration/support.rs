@@ -93,6 +93,9 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> TestApp {
+        if std::env::var_os("RUST_LOG").is_some() {
+            livegate::telemetry::init();
+        }
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.server.workers = 1;
@@ -230,5 +233,59 @@ impl WsClient {
         let frame = self.recv().await;
         assert_eq!(frame["op"], op, "expected {op}, got {frame}");
         frame
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that can cut every connection and refuse new ones, to
+/// stage a database outage (or restart) as the gateway sees it, while tests keep writing
+/// directly to the server.
+pub struct Proxy {
+    pub port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream_port: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let flag = down.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if flag.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused, as by a stopped server
+                }
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged(); // only cuts from now on end this connection
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, down, cut, accept }
+    }
+
+    /// Closes every proxied connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
     }
 }
