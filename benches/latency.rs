@@ -5,6 +5,7 @@
 //!   - `sent`: from sending the INSERT to receiving the `create` frame (an upper bound: it
 //!     includes the INSERT's own execution and commit);
 //!   - `acked`: from the INSERT's commit acknowledgement to the frame (a lower bound).
+//!
 //! Each change is measured alone (the next one is written after the frame arrived).
 //!
 //! Run: `cargo bench --bench latency` (optionally `-- <changes>`; LIVEGATE_TEST_DATABASE_URL
@@ -22,7 +23,8 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::main]
 async fn main() {
     let changes: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(500);
-    let server = std::env::var("LIVEGATE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let server =
+        std::env::var("LIVEGATE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let name = format!("livegate_bench_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.expect("connect to PostgreSQL");
     admin.execute(format!("create database {name}").as_str()).await.expect("create database");
@@ -42,7 +44,10 @@ async fn main() {
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/")).await.expect("websocket");
     let send = |v: Value| Message::text(v.to_string());
     socket.send(send(json!({"op": "connect", "applicationId": "bench"}))).await.expect("send");
-    socket.send(send(json!({"op": "subscribe", "requestId": 1, "query": {"className": "messages", "where": {}}}))).await.expect("send");
+    socket
+        .send(send(json!({"op": "subscribe", "requestId": 1, "query": {"className": "messages", "where": {}}})))
+        .await
+        .expect("send");
     let mut next_frame = async || loop {
         match socket.next().await {
             Some(Ok(Message::Text(text))) => return serde_json::from_str::<Value>(&text).expect("json"),
@@ -57,7 +62,11 @@ async fn main() {
     let mut acked = Vec::with_capacity(changes);
     for i in 0..changes {
         let start = Instant::now();
-        sqlx::query("insert into messages (body) values ($1)").bind(format!("change {i}")).execute(&mut writer).await.expect("insert");
+        sqlx::query("insert into messages (body) values ($1)")
+            .bind(format!("change {i}"))
+            .execute(&mut writer)
+            .await
+            .expect("insert");
         let committed = Instant::now();
         let frame = next_frame().await;
         let arrived = Instant::now();

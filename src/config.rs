@@ -196,9 +196,9 @@ impl Config {
             set_path(&mut table, &path, parse_env_value(&value))
                 .map_err(|e| ConfigError(format!("environment variable {name}: {e}")))?;
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError(format!("invalid configuration: {}", one_line(&e.to_string()))))?;
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError(format!("invalid configuration: {}", one_line(&e.to_string())))
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -222,7 +222,9 @@ impl Config {
             }
         }
         if self.feed.reconnect_max_ms < self.feed.reconnect_min_ms {
-            return Err(ConfigError("invalid configuration: feed.reconnect_max_ms is below feed.reconnect_min_ms".into()));
+            return Err(ConfigError(
+                "invalid configuration: feed.reconnect_max_ms is below feed.reconnect_min_ms".into(),
+            ));
         }
         if !self.database.url.starts_with("postgres://") && !self.database.url.starts_with("postgresql://") {
             return Err(ConfigError("invalid configuration: database.url must start with postgres://".into()));

@@ -117,9 +117,7 @@ async fn apply_pending(conn: &mut PgConnection) -> Result<(), DatabaseError> {
             continue;
         }
         let mut tx = conn.begin().await.map_err(fail)?;
-        tx.execute(*sql)
-            .await
-            .map_err(|e| DatabaseError(format!("migration {version} ({name}) failed: {e}")))?;
+        tx.execute(*sql).await.map_err(|e| DatabaseError(format!("migration {version} ({name}) failed: {e}")))?;
         sqlx::query("insert into livegate.migrations (version, name) values ($1, $2)")
             .bind(version)
             .bind(name)

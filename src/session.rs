@@ -70,7 +70,9 @@ impl ParseSession {
             Request::Connect(connect) => {
                 let master = match check_keys(&self.settings.keys, &connect.keys) {
                     KeyCheck::Accepted { master } => master,
-                    KeyCheck::Refused => return self.error(code::INVALID_KEYS, "Key in request is not valid", true, None),
+                    KeyCheck::Refused => {
+                        return self.error(code::INVALID_KEYS, "Key in request is not valid", true, None)
+                    }
                 };
                 // A second connect replaces the first client cleanly (Parse 2024 leaked it).
                 self.hub.unsubscribe_all(self.connection);
@@ -126,7 +128,12 @@ impl ParseSession {
             identity: Identity { master: client.master, ..Identity::default() },
         };
         let confirmation = reply_text(&client, &Reply::Subscribed(&request.request_id));
-        match self.hub.subscribe(self.connection, request.request_id.clone(), subscription, Outgoing::Text(confirmation)) {
+        match self.hub.subscribe(
+            self.connection,
+            request.request_id.clone(),
+            subscription,
+            Outgoing::Text(confirmation),
+        ) {
             Ok(()) => {}
             Err(SubscribeError::TooManySubscriptions { limit }) => self.error(
                 code::LIMIT_EXCEEDED,
@@ -134,14 +141,22 @@ impl ParseSession {
                 false,
                 Some(&request.request_id),
             ),
-            Err(SubscribeError::UnknownConnection) => {
-                self.error(code::NOT_FOUND, "Can not find this client, make sure you connect to server before subscribing", true, None)
-            }
+            Err(SubscribeError::UnknownConnection) => self.error(
+                code::NOT_FOUND,
+                "Can not find this client, make sure you connect to server before subscribing",
+                true,
+                None,
+            ),
         }
     }
 
     fn not_connected(&self, action: &str) {
-        self.error(code::NOT_FOUND, &format!("Can not find this client, make sure you connect to server before {action}"), true, None);
+        self.error(
+            code::NOT_FOUND,
+            &format!("Can not find this client, make sure you connect to server before {action}"),
+            true,
+            None,
+        );
     }
 
     fn unknown_subscription(&self, request_id: &RequestId) {
@@ -210,7 +225,10 @@ mod tests {
         let client_id = r[0]["clientId"].as_str().unwrap().to_string();
         assert_eq!(uuid::Uuid::parse_str(&client_id).unwrap().get_version_num(), 4);
         assert_eq!(r[0], serde_json::json!({"op": "connected", "clientId": client_id, "installationId": "inst"}));
-        assert_eq!(r[1], serde_json::json!({"op": "subscribed", "clientId": client_id, "installationId": "inst", "requestId": 1}));
+        assert_eq!(
+            r[1],
+            serde_json::json!({"op": "subscribed", "clientId": client_id, "installationId": "inst", "requestId": 1})
+        );
         assert_eq!(r[2]["op"], "unsubscribed");
         assert_eq!(hub.stats().subscriptions, 0);
         drop(s);
@@ -224,7 +242,8 @@ mod tests {
         s.on_text(r#"{"op":"unsubscribe","requestId":1}"#);
         s.on_text(r#"{"op":"update","requestId":1,"query":{"className":"Msg","where":{}}}"#);
         let r = replies(&mut rx);
-        let messages: Vec<_> = r.iter().map(|v| (v["code"].as_i64().unwrap(), v["error"].as_str().unwrap().to_string())).collect();
+        let messages: Vec<_> =
+            r.iter().map(|v| (v["code"].as_i64().unwrap(), v["error"].as_str().unwrap().to_string())).collect();
         assert_eq!(
             messages,
             [
@@ -264,7 +283,10 @@ mod tests {
         }
         s.on_binary();
         let r = replies(&mut rx);
-        assert_eq!(r[0], serde_json::json!({"op":"error","error":"Key in request is not valid","code":4,"reconnect":true,"requestId":null}));
+        assert_eq!(
+            r[0],
+            serde_json::json!({"op":"error","error":"Key in request is not valid","code":4,"reconnect":true,"requestId":null})
+        );
         assert_eq!(r[1]["op"], "connected");
         assert_eq!(
             r[2],

@@ -86,9 +86,7 @@ pub fn check_keys(configured: &KeyPairs, presented: &ClientKeys) -> KeyCheck {
         (&configured.windows_key, &presented.windows_key),
         (&configured.master_key, &presented.master_key),
     ];
-    let matches = |(want, got): &(&Option<String>, &Option<String>)| {
-        matches!((want, got), (Some(w), Some(g)) if !w.is_empty() && constant_time_eq(w, g))
-    };
+    let matches = |(want, got): &(&Option<String>, &Option<String>)| matches!((want, got), (Some(w), Some(g)) if !w.is_empty() && constant_time_eq(w, g));
     let any_configured = pairs.iter().any(|(want, _)| want.is_some());
     let master = matches(&pairs[4]);
     if !any_configured || pairs.iter().any(matches) {
@@ -109,7 +107,9 @@ mod tests {
 
     #[test]
     fn acl_forms() {
-        let acl = ReadAcl::from_parse_acl(&json!({"u1": {"read": true, "write": true}, "role:Admin": {"read": true}, "u2": {"write": true}}));
+        let acl = ReadAcl::from_parse_acl(
+            &json!({"u1": {"read": true, "write": true}, "role:Admin": {"read": true}, "u2": {"write": true}}),
+        );
         let user = |id: &str| Identity { user_id: Some(id.into()), ..Identity::default() };
         assert!(acl.allows(&user("u1")));
         assert!(!acl.allows(&user("u2")));
@@ -126,7 +126,8 @@ mod tests {
         let none = KeyPairs::default();
         let presented = ClientKeys { master_key: Some("m".into()), ..ClientKeys::default() };
         assert_eq!(check_keys(&none, &presented), KeyCheck::Accepted { master: false });
-        let configured = KeyPairs { javascript_key: Some("js".into()), master_key: Some("m".into()), ..KeyPairs::default() };
+        let configured =
+            KeyPairs { javascript_key: Some("js".into()), master_key: Some("m".into()), ..KeyPairs::default() };
         assert_eq!(check_keys(&configured, &presented), KeyCheck::Accepted { master: true });
         let js = ClientKeys { javascript_key: Some("js".into()), ..ClientKeys::default() };
         assert_eq!(check_keys(&configured, &js), KeyCheck::Accepted { master: false });

@@ -70,7 +70,11 @@ impl Feed {
         let position = Arc::new(AtomicI64::new(head));
         let doorbell = Arc::new(Notify::new());
         let backoff = Backoff::new(config);
-        let listener = tokio::spawn(listen(listener_options.application_name(LISTENER_APPLICATION_NAME), doorbell.clone(), backoff.clone()));
+        let listener = tokio::spawn(listen(
+            listener_options.application_name(LISTENER_APPLICATION_NAME),
+            doorbell.clone(),
+            backoff.clone(),
+        ));
         let reader = Reader {
             pool,
             hub,
@@ -326,6 +330,11 @@ impl Catalog {
             .or_else(|| if schema == "public" { self.aliases.get(table) } else { None })
             .cloned()
             .unwrap_or_else(|| table.to_string());
-        Ok(TableInfo { class: class.into(), primary_key: primary_key.into_iter().map(|(_, n)| n).collect(), date_columns, columns })
+        Ok(TableInfo {
+            class: class.into(),
+            primary_key: primary_key.into_iter().map(|(_, n)| n).collect(),
+            date_columns,
+            columns,
+        })
     }
 }

@@ -112,7 +112,10 @@ mod tests {
             "meta": {"a": [1]},
             "ACL": {"*": {"read": true}}
         });
-        let image = to_parse_object(&info(&["id"], &["created_at", "updated_at", "due", "seen"]), row.as_object().cloned().unwrap());
+        let image = to_parse_object(
+            &info(&["id"], &["created_at", "updated_at", "due", "seen"]),
+            row.as_object().cloned().unwrap(),
+        );
         assert_eq!(
             Value::Object(image.object),
             json!({

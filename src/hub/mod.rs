@@ -157,7 +157,12 @@ impl Hub {
             .or_default()
             .entry(subscription.key)
             .or_insert_with(|| Group { query: subscription.query, members: HashMap::new() });
-        let member = Member { outbox: outbox.clone(), keys: subscription.keys, watch: subscription.watch, identity: subscription.identity };
+        let member = Member {
+            outbox: outbox.clone(),
+            keys: subscription.keys,
+            watch: subscription.watch,
+            identity: subscription.identity,
+        };
         group.members.insert((connection, request_id), member);
         outbox.push(confirmation);
         Ok(())
@@ -167,7 +172,9 @@ impl Hub {
     pub fn unsubscribe(&self, connection: ConnectionId, request_id: &RequestId) -> bool {
         let mut state = self.write();
         let state = &mut *state;
-        let Some((class, key)) = state.connections.get_mut(&connection).and_then(|c| c.subscriptions.remove(request_id)) else {
+        let Some((class, key)) =
+            state.connections.get_mut(&connection).and_then(|c| c.subscriptions.remove(request_id))
+        else {
             return false;
         };
         remove_member(&mut state.classes, &class, &key, connection, request_id);
@@ -215,10 +222,14 @@ impl Hub {
                 if member.outbox.is_closed() {
                     continue;
                 }
-                let old_visible = old_matches && change.old.as_ref().is_some_and(|o| can_read(o.acl.as_ref(), &member.identity));
-                let new_visible = new_matches && change.new.as_ref().is_some_and(|n| can_read(n.acl.as_ref(), &member.identity));
+                let old_visible =
+                    old_matches && change.old.as_ref().is_some_and(|o| can_read(o.acl.as_ref(), &member.identity));
+                let new_visible =
+                    new_matches && change.new.as_ref().is_some_and(|n| can_read(n.acl.as_ref(), &member.identity));
                 let Some(op) = decide(change.kind, old_visible, new_visible) else { continue };
-                if matches!(op, EventOp::Create | EventOp::Update) && !watched_field_changed(member.watch.as_deref(), change) {
+                if matches!(op, EventOp::Create | EventOp::Update)
+                    && !watched_field_changed(member.watch.as_deref(), change)
+                {
                     continue;
                 }
                 let payload = payloads.get(op, member.keys.as_ref());
@@ -293,11 +304,14 @@ fn encode(object: &Map<String, Value>, keys: Option<&Arc<[String]>>) -> String {
     result.unwrap_or_else(|_| "{}".into())
 }
 
+/// A subscription's `keys`: `None` sends whole objects.
+type Projection = Option<Arc<[String]>>;
+
 /// Payloads of one change, encoded on first use and shared by every subscriber with the same
 /// event shape and projection.
 struct PayloadCache<'a> {
     change: &'a Change,
-    entries: Vec<(EventOp, Option<Arc<[String]>>, Arc<Payload>)>,
+    entries: Vec<(EventOp, Projection, Arc<Payload>)>,
 }
 
 impl<'a> PayloadCache<'a> {
@@ -306,7 +320,7 @@ impl<'a> PayloadCache<'a> {
     }
 
     fn get(&mut self, op: EventOp, keys: Option<&Arc<[String]>>) -> Arc<Payload> {
-        let same_keys = |k: &Option<Arc<[String]>>| match (k, keys) {
+        let same_keys = |k: &Projection| match (k, keys) {
             (None, None) => true,
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             _ => false,

@@ -43,7 +43,12 @@ fn drain(rx: &mut Receiver<Outgoing>) -> Vec<(EventOp, String, Value, Option<Val
     while let Ok(item) = rx.try_recv() {
         if let Outgoing::Event(d) = item {
             let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
-            out.push((d.op, d.request_id.to_string(), parse(&d.payload.object), d.payload.original.as_deref().map(parse)));
+            out.push((
+                d.op,
+                d.request_id.to_string(),
+                parse(&d.payload.object),
+                d.payload.original.as_deref().map(parse),
+            ));
         }
     }
     out
@@ -126,8 +131,16 @@ fn keys_project_and_watch_suppresses() {
     let row = |v: Value| image(v);
     hub.publish(&change(ChangeKind::Insert, None, row(json!({"objectId": "1", "a": 1, "b": 2}))));
     hub.publish(&change(ChangeKind::Insert, None, row(json!({"objectId": "1", "a": 1, "b": 2, "w": 0}))));
-    hub.publish(&change(ChangeKind::Update, row(json!({"objectId": "1", "w": 0, "a": 1})), row(json!({"objectId": "1", "w": 0, "a": 2}))));
-    hub.publish(&change(ChangeKind::Update, row(json!({"objectId": "1", "w": 0, "a": 1})), row(json!({"objectId": "1", "w": 1, "a": 2}))));
+    hub.publish(&change(
+        ChangeKind::Update,
+        row(json!({"objectId": "1", "w": 0, "a": 1})),
+        row(json!({"objectId": "1", "w": 0, "a": 2})),
+    ));
+    hub.publish(&change(
+        ChangeKind::Update,
+        row(json!({"objectId": "1", "w": 0, "a": 1})),
+        row(json!({"objectId": "1", "w": 1, "a": 2})),
+    ));
     let events = drain(&mut rx);
     assert_eq!(ops(&events), [EventOp::Create, EventOp::Update]);
     assert_eq!(events[0].2, json!({"objectId": "1", "a": 1}));
@@ -159,9 +172,14 @@ fn unsubscribe_replace_and_disconnect_leave_nothing_behind() {
     let (conn, _rx) = connect(&hub, 100);
     subscribe(&hub, conn, 1, subscription(json!({"a": 1}), None, None));
     subscribe(&hub, conn, 1, subscription(json!({"a": 2}), None, None));
-    assert_eq!(hub.stats(), HubStats { connections: 1, subscriptions: 1, distinct_queries: 1 }, "reused requestId replaces");
+    assert_eq!(
+        hub.stats(),
+        HubStats { connections: 1, subscriptions: 1, distinct_queries: 1 },
+        "reused requestId replaces"
+    );
     subscribe(&hub, conn, 2, subscription(json!({"a": 3}), None, None));
-    let refused = hub.subscribe(conn, RequestId::from(3), subscription(json!({}), None, None), Outgoing::Text(String::new()));
+    let refused =
+        hub.subscribe(conn, RequestId::from(3), subscription(json!({}), None, None), Outgoing::Text(String::new()));
     assert_eq!(refused, Err(SubscribeError::TooManySubscriptions { limit: 2 }));
     assert!(hub.unsubscribe(conn, &RequestId::from(2)));
     assert!(!hub.unsubscribe(conn, &RequestId::from(2)));

@@ -12,7 +12,9 @@ pub enum Request {
     Subscribe(Subscribe),
     /// Replace a subscription's query in place (Parse's `update` op).
     Update(Subscribe),
-    Unsubscribe { request_id: RequestId },
+    Unsubscribe {
+        request_id: RequestId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -71,7 +73,11 @@ enum Schema {
     Any,
     String,
     Number,
-    Object { required: &'static [&'static str], properties: &'static [(&'static str, Schema)], closed: bool },
+    Object {
+        required: &'static [&'static str],
+        properties: &'static [(&'static str, Schema)],
+        closed: bool,
+    },
     /// `{type: array, items: {type: string}, minItems: 1, uniqueItems: true}`
     UniqueStrings,
 }
@@ -108,7 +114,12 @@ const QUERY: Schema = Schema::Object {
 
 const SUBSCRIBE: Schema = Schema::Object {
     required: &["op", "requestId", "query"],
-    properties: &[("op", Schema::Any), ("requestId", Schema::Number), ("query", QUERY), ("sessionToken", Schema::String)],
+    properties: &[
+        ("op", Schema::Any),
+        ("requestId", Schema::Number),
+        ("query", QUERY),
+        ("sessionToken", Schema::String),
+    ],
     closed: true,
 };
 
@@ -271,17 +282,26 @@ mod tests {
             (r#"{"op":"subscribe","requestId":1}"#, "Missing required property: query"),
             (r#"{"op":"subscribe","requestId":1,"query":{"className":"A"}}"#, "Missing required property: where"),
             (r#"{"op":"subscribe","requestId":1,"query":{"where":{}}}"#, "Missing required property: className"),
-            (r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":[]}}"#, "Invalid type: array (expected object)"),
+            (
+                r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":[]}}"#,
+                "Invalid type: array (expected object)",
+            ),
             (
                 r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{},"fields":["a"]}}"#,
                 "Additional properties not allowed",
             ),
-            (r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{},"keys":[]}}"#, "Array is too short (0), minimum 1"),
+            (
+                r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{},"keys":[]}}"#,
+                "Array is too short (0), minimum 1",
+            ),
             (
                 r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{},"watch":["a","b","a"]}}"#,
                 "Array items are not unique (indices 0 and 2)",
             ),
-            (r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{},"keys":[1]}}"#, "Invalid type: number (expected string)"),
+            (
+                r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{},"keys":[1]}}"#,
+                "Invalid type: number (expected string)",
+            ),
             (r#"{"op":"unsubscribe"}"#, "Missing required property: requestId"),
             (r#"{"op":"unsubscribe","requestId":1,"x":2}"#, "Additional properties not allowed"),
         ];
@@ -292,8 +312,14 @@ mod tests {
 
     #[test]
     fn first_error_follows_the_frames_key_order() {
-        assert_eq!(invalid(r#"{"op":"connect","applicationId":"a","x":1,"sessionToken":2}"#), "Additional properties not allowed");
-        assert_eq!(invalid(r#"{"op":"connect","applicationId":"a","sessionToken":2,"x":1}"#), "Invalid type: number (expected string)");
+        assert_eq!(
+            invalid(r#"{"op":"connect","applicationId":"a","x":1,"sessionToken":2}"#),
+            "Additional properties not allowed"
+        );
+        assert_eq!(
+            invalid(r#"{"op":"connect","applicationId":"a","sessionToken":2,"x":1}"#),
+            "Invalid type: number (expected string)"
+        );
     }
 
     #[test]
@@ -312,7 +338,10 @@ mod tests {
         };
         assert_eq!(c.keys.master_key.as_deref(), Some("m"));
         assert_eq!(c.installation_id.as_deref(), Some("i"));
-        assert!(matches!(decode(r#"{"op":"update","requestId":1.5,"query":{"className":"A","where":{}}}"#), Decoded::Request(Request::Update(_))));
+        assert!(matches!(
+            decode(r#"{"op":"update","requestId":1.5,"query":{"className":"A","where":{}}}"#),
+            Decoded::Request(Request::Update(_))
+        ));
     }
 
     #[test]

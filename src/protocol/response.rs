@@ -122,12 +122,18 @@ mod tests {
             encode_reply(&Reply::Subscribed(&id), "c1", Some("inst")),
             r#"{"op":"subscribed","clientId":"c1","installationId":"inst","requestId":3}"#
         );
-        assert_eq!(encode_reply(&Reply::Unsubscribed(&id), "c1", None), r#"{"op":"unsubscribed","clientId":"c1","requestId":3}"#);
+        assert_eq!(
+            encode_reply(&Reply::Unsubscribed(&id), "c1", None),
+            r#"{"op":"unsubscribed","clientId":"c1","requestId":3}"#
+        );
         assert_eq!(
             encode_error(4, "Key in request is not valid", true, None),
             r#"{"op":"error","error":"Key in request is not valid","code":4,"reconnect":true,"requestId":null}"#
         );
-        assert_eq!(encode_error(102, "bad \"q\"", false, Some(&id)), r#"{"op":"error","error":"bad \"q\"","code":102,"reconnect":false,"requestId":3}"#);
+        assert_eq!(
+            encode_error(102, "bad \"q\"", false, Some(&id)),
+            r#"{"op":"error","error":"bad \"q\"","code":102,"reconnect":false,"requestId":3}"#
+        );
         assert_eq!(
             encode_event(EventOp::Update, "c1", None, &id, r#"{"a":1}"#, Some(r#"{"a":0}"#)),
             r#"{"op":"update","clientId":"c1","requestId":3,"object":{"a":1},"original":{"a":0}}"#

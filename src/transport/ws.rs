@@ -31,7 +31,11 @@ pub fn is_upgrade(req: &actix_web::dev::RequestHead) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-pub async fn upgrade(req: HttpRequest, body: web::Payload, settings: web::Data<WsSettings>) -> actix_web::Result<HttpResponse> {
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    settings: web::Data<WsSettings>,
+) -> actix_web::Result<HttpResponse> {
     let (response, socket, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(settings.max_frame_bytes)

@@ -27,8 +27,10 @@ async fn positions_follow_commit_order_not_capture_order() {
     slow.execute("commit").await.unwrap();
     assert_eq!(client.expect_event("create").await["object"]["room"], "A");
 
-    let order: Vec<String> =
-        sqlx::query_scalar("select new_row->>'room' from livegate.changes order by pos").fetch_all(&app.db.pool).await.unwrap();
+    let order: Vec<String> = sqlx::query_scalar("select new_row->>'room' from livegate.changes order by pos")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
     assert_eq!(order, ["B", "A"]);
 }
 
@@ -59,7 +61,8 @@ async fn listener_pid(pool: &PgPool, database: &str) -> Option<i32> {
 async fn kill_listener(pool: &PgPool, database: &str) {
     for _ in 0..200 {
         if let Some(pid) = listener_pid(pool, database).await {
-            let killed: bool = sqlx::query_scalar("select pg_terminate_backend($1)").bind(pid).fetch_one(pool).await.unwrap();
+            let killed: bool =
+                sqlx::query_scalar("select pg_terminate_backend($1)").bind(pid).fetch_one(pool).await.unwrap();
             assert!(killed, "listener backend {pid} was not terminated");
             return;
         }
@@ -144,8 +147,10 @@ async fn concurrent_writers_and_a_thrice_killed_listener_lose_nothing() {
     }
     client.expect_silence(Duration::from_millis(500)).await;
 
-    let stream_order: Vec<String> =
-        sqlx::query_scalar("select new_row->>'id' from livegate.changes order by pos").fetch_all(&app.db.pool).await.unwrap();
+    let stream_order: Vec<String> = sqlx::query_scalar("select new_row->>'id' from livegate.changes order by pos")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
     assert_eq!(delivered_ids, stream_order, "delivery follows stream positions exactly");
     assert!(listener_pid(&app.db.pool, &app.db.name).await.is_some());
 }
@@ -188,8 +193,13 @@ async fn start_up_creates_the_database_and_reports_bad_tables() {
     assert!(error.to_string().contains("cannot watch table does_not_exist"), "{error}");
 
     // The database was created (and migrated) on the way.
-    let db = TestDb { pool: sqlx::PgPool::connect(&config.database.url).await.unwrap(), url: config.database.url.clone(), name };
-    let migrated: i64 = sqlx::query_scalar("select count(*) from livegate.migrations").fetch_one(&db.pool).await.unwrap();
+    let db = TestDb {
+        pool: sqlx::PgPool::connect(&config.database.url).await.unwrap(),
+        url: config.database.url.clone(),
+        name,
+    };
+    let migrated: i64 =
+        sqlx::query_scalar("select count(*) from livegate.migrations").fetch_one(&db.pool).await.unwrap();
     assert_eq!(migrated, 1);
 
     config.feed.tables.clear();
@@ -220,7 +230,11 @@ async fn a_database_outage_is_caught_up_in_order_after_reconnect() {
     // connected directly, keep committing.
     proxy.cut();
     for n in 0..50 {
-        sqlx::query("insert into messages (room, n) values ('during', $1)").bind(n).execute(&app.db.pool).await.unwrap();
+        sqlx::query("insert into messages (room, n) values ('during', $1)")
+            .bind(n)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     client.expect_silence(Duration::from_millis(10)).await;

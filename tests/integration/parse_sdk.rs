@@ -80,6 +80,7 @@ async fn the_official_parse_js_sdk_receives_create_update_delete() {
     assert_eq!(delete["event"], "delete", "{delete}");
     assert_eq!(delete["id"], "2");
 
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("the SDK client exits").unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("the SDK client exits").unwrap();
     assert!(status.success());
 }

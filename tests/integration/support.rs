@@ -28,7 +28,8 @@ pub struct TestDb {
 impl TestDb {
     pub async fn create() -> TestDb {
         let name = format!("livegate_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&format!("{}/postgres", server_url())).await.expect("connect to the test server");
+        let mut admin =
+            PgConnection::connect(&format!("{}/postgres", server_url())).await.expect("connect to the test server");
         admin.execute(format!("create database {name}").as_str()).await.expect("create test database");
         let url = format!("{}/{name}", server_url());
         let pool = PgPoolOptions::new().max_connections(8).connect(&url).await.expect("connect to test database");
@@ -188,7 +189,9 @@ impl WsClient {
         loop {
             let message = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()?;
             match message {
-                Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).expect("server frames are JSON")),
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(&text).expect("server frames are JSON"))
+                }
                 Some(Ok(Message::Close(frame))) => panic!("socket closed: {frame:?}"),
                 Some(Ok(_)) => continue,
                 other => panic!("socket ended: {other:?}"),
@@ -222,7 +225,8 @@ impl WsClient {
     }
 
     pub async fn subscribe(&mut self, request_id: i64, class: &str, where_: Value) {
-        self.send(json!({"op": "subscribe", "requestId": request_id, "query": {"className": class, "where": where_}})).await;
+        self.send(json!({"op": "subscribe", "requestId": request_id, "query": {"className": class, "where": where_}}))
+            .await;
         let reply = self.recv().await;
         assert_eq!(reply["op"], "subscribed", "{reply}");
         assert_eq!(reply["requestId"], request_id);

@@ -16,7 +16,9 @@ async fn all_five_events_follow_the_decision_table() {
     let app = TestApp::spawn().await;
     let mut client = app.subscriber(json!({"room": "a"})).await;
 
-    app.db.execute("insert into messages (room, body, _internal, due) values ('a', 'hello', 'hidden', '2026-12-01')").await;
+    app.db
+        .execute("insert into messages (room, body, _internal, due) values ('a', 'hello', 'hidden', '2026-12-01')")
+        .await;
     let create = client.expect_event("create").await;
     let object = &create["object"];
     assert_eq!(object["className"], "messages");
@@ -65,7 +67,10 @@ async fn protocol_errors_carry_parse_codes_and_keep_the_socket_open() {
         json!({"op": "error", "error": "Can not find this client, make sure you connect to server before subscribing", "code": 2, "reconnect": true, "requestId": null})
     );
     client.send(json!({"op": "unsubscribe", "requestId": 1})).await;
-    assert_eq!(client.recv().await["error"], "Can not find this client, make sure you connect to server before unsubscribing");
+    assert_eq!(
+        client.recv().await["error"],
+        "Can not find this client, make sure you connect to server before unsubscribing"
+    );
 
     // Not JSON: ignored, no reply, socket stays open.
     client.send_text("{this is not json").await;
@@ -85,7 +90,10 @@ async fn protocol_errors_carry_parse_codes_and_keep_the_socket_open() {
     assert_eq!(connected, json!({"op": "connected", "clientId": client_id, "installationId": "device-1"}));
 
     client.send(json!({"op": "subscribe", "requestId": 1, "query": {"className": "messages", "where": {}, "fields": ["a"]}})).await;
-    assert_eq!(client.recv().await, json!({"op": "error", "error": "Additional properties not allowed", "code": 1, "reconnect": true, "requestId": null}));
+    assert_eq!(
+        client.recv().await,
+        json!({"op": "error", "error": "Additional properties not allowed", "code": 1, "reconnect": true, "requestId": null})
+    );
 
     client.send(json!({"op": "unsubscribe", "requestId": 4})).await;
     assert_eq!(
@@ -101,7 +109,10 @@ async fn protocol_errors_carry_parse_codes_and_keep_the_socket_open() {
 
     // Still connected and working after every error above.
     client.send(json!({"op": "subscribe", "requestId": 3, "query": {"className": "messages", "where": {}}})).await;
-    assert_eq!(client.recv().await, json!({"op": "subscribed", "clientId": client_id, "installationId": "device-1", "requestId": 3}));
+    assert_eq!(
+        client.recv().await,
+        json!({"op": "subscribed", "clientId": client_id, "installationId": "device-1", "requestId": 3})
+    );
     app.db.execute("insert into messages (room) values ('x')").await;
     let create = client.expect_event("create").await;
     assert_eq!(create["installationId"], "device-1");
@@ -176,7 +187,9 @@ async fn keys_project_and_watch_filters() {
 async fn update_unsubscribe_and_disconnect_leave_nothing_behind() {
     let app = TestApp::spawn().await;
     let mut client = app.subscriber(json!({"room": "a"})).await;
-    client.send(json!({"op": "update", "requestId": 1, "query": {"className": "messages", "where": {"room": "b"}}})).await;
+    client
+        .send(json!({"op": "update", "requestId": 1, "query": {"className": "messages", "where": {"room": "b"}}}))
+        .await;
     assert_eq!(client.recv().await["op"], "subscribed");
     assert_eq!(app.health().await["subscriptions"], 1);
 
@@ -205,7 +218,11 @@ async fn a_row_of_100_kb_arrives_whole() {
     let app = TestApp::spawn().await;
     let mut client = app.subscriber(json!({})).await;
     let body: String = (0..100 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-    sqlx::query("insert into messages (room, body) values ('big', $1)").bind(&body).execute(&app.db.pool).await.unwrap();
+    sqlx::query("insert into messages (room, body) values ('big', $1)")
+        .bind(&body)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
     let create = client.expect_event("create").await;
     assert_eq!(create["object"]["body"].as_str().unwrap(), body);
 }
@@ -271,8 +288,8 @@ async fn a_client_that_stops_reading_is_dropped_alone() {
     let app = TestApp::spawn_with(|c| c.limits.send_queue = 128).await;
     let mut reader = app.subscriber(json!({})).await;
     let _stalled = app.subscriber(json!({})).await; // never read again
-    // 16 MB in all: far more than the socket buffers, the transport's channel and the queue
-    // hold, written in bursts the reader keeps up with.
+                                                    // 16 MB in all: far more than the socket buffers, the transport's channel and the queue
+                                                    // hold, written in bursts the reader keeps up with.
     let body = "x".repeat(16 * 1024);
     for batch in 0..50 {
         let sql = format!(
