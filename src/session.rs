@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::auth::{check_keys, Identity, KeyCheck};
 use crate::config::KeyPairs;
-use crate::hub::{ConnectionId, Delivery, Hub, Outbox, Outgoing, SubscribeError, Subscription};
+use crate::hub::{ConnectionId, Delivery, Hub, IndexEntry, Outbox, Outgoing, SubscribeError, Subscription};
 use crate::protocol::{self, code, decode, encode_error, encode_reply, Decoded, Reply, Request, RequestId, Subscribe};
 use crate::query::{canonical_key, Query, QueryLimits};
 
@@ -121,6 +121,7 @@ impl ParseSession {
         };
         let subscription = Subscription {
             key: canonical_key(&request.class_name, &request.where_),
+            index: IndexEntry::of(&request.where_),
             class: request.class_name.into(),
             query: Arc::new(query),
             keys: request.keys.map(Into::into),

@@ -6,9 +6,13 @@
 //! bounded [`Outbox`]. All state sits behind one lock; fan-out takes it shared, subscription
 //! changes exclusively and briefly.
 
+mod index;
 mod outbox;
 
+pub use index::IndexEntry;
 pub use outbox::{Delivery, Outbox, Outgoing};
+
+use index::QueryIndex;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +66,8 @@ pub struct Subscription {
     /// Canonical dedupe key (see [`crate::query::canonical_key`]).
     pub key: String,
     pub query: Arc<Query>,
+    /// Where the query is filed in the class's equality index (see [`IndexEntry::of`]).
+    pub index: Option<IndexEntry>,
     pub keys: Option<Arc<[String]>>,
     pub watch: Option<Arc<[String]>>,
     pub identity: Identity,
@@ -89,7 +95,15 @@ struct Member {
 
 struct Group {
     query: Arc<Query>,
+    index: Option<IndexEntry>,
     members: HashMap<(ConnectionId, RequestId), Member>,
+}
+
+/// The distinct queries of one class, by canonical key, and their index.
+#[derive(Default)]
+struct ClassQueries {
+    groups: HashMap<String, Group>,
+    index: QueryIndex,
 }
 
 struct Connection {
@@ -100,7 +114,7 @@ struct Connection {
 
 #[derive(Default)]
 struct State {
-    classes: HashMap<Arc<str>, HashMap<String, Group>>,
+    classes: HashMap<Arc<str>, ClassQueries>,
     connections: HashMap<ConnectionId, Connection>,
 }
 
@@ -151,12 +165,14 @@ impl Hub {
         }
         let outbox = conn.outbox.clone();
         conn.subscriptions.insert(request_id.clone(), (subscription.class.clone(), subscription.key.clone()));
-        let group = state
-            .classes
-            .entry(subscription.class)
-            .or_default()
-            .entry(subscription.key)
-            .or_insert_with(|| Group { query: subscription.query, members: HashMap::new() });
+        let class = state.classes.entry(subscription.class).or_default();
+        let group = match class.groups.entry(subscription.key) {
+            std::collections::hash_map::Entry::Occupied(group) => group.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                class.index.insert(slot.key(), subscription.index.as_ref());
+                slot.insert(Group { query: subscription.query, index: subscription.index, members: HashMap::new() })
+            }
+        };
         let member = Member {
             outbox: outbox.clone(),
             keys: subscription.keys,
@@ -199,7 +215,7 @@ impl Hub {
 
     pub fn stats(&self) -> HubStats {
         let state = self.read();
-        let groups = state.classes.values().flat_map(HashMap::values);
+        let groups = state.classes.values().flat_map(|c| c.groups.values());
         HubStats {
             connections: state.connections.len(),
             subscriptions: groups.clone().map(|g| g.members.len()).sum(),
@@ -210,9 +226,11 @@ impl Hub {
     /// Fans one change out to every subscriber it concerns.
     pub fn publish(&self, change: &Change) {
         let state = self.read();
-        let Some(groups) = state.classes.get(&change.class) else { return };
+        let Some(class) = state.classes.get(&change.class) else { return };
+        let images: Vec<&Map<String, Value>> = change.old.iter().chain(&change.new).map(|i| &i.object).collect();
         let mut payloads = PayloadCache::new(change);
-        for group in groups.values() {
+        for key in class.index.candidates(&images) {
+            let Some(group) = class.groups.get(key) else { continue };
             let old_matches = change.old.as_ref().is_some_and(|o| group.query.matches(&o.object));
             let new_matches = change.new.as_ref().is_some_and(|n| group.query.matches(&n.object));
             if !old_matches && !new_matches {
@@ -240,20 +258,21 @@ impl Hub {
 }
 
 fn remove_member(
-    classes: &mut HashMap<Arc<str>, HashMap<String, Group>>,
+    classes: &mut HashMap<Arc<str>, ClassQueries>,
     class: &Arc<str>,
     key: &str,
     connection: ConnectionId,
     request_id: &RequestId,
 ) {
-    let Some(groups) = classes.get_mut(class) else { return };
-    if let Some(group) = groups.get_mut(key) {
+    let Some(queries) = classes.get_mut(class) else { return };
+    if let Some(group) = queries.groups.get_mut(key) {
         group.members.remove(&(connection, request_id.clone()));
         if group.members.is_empty() {
-            groups.remove(key);
+            queries.index.remove(key, group.index.as_ref());
+            queries.groups.remove(key);
         }
     }
-    if groups.is_empty() {
+    if queries.groups.is_empty() {
         classes.remove(class);
     }
 }

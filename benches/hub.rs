@@ -1,0 +1,129 @@
+//! Matching and fan-out cost, without sockets or a database.
+//!
+//! 1. Matcher: nanoseconds per `Query::matches` for a simple and a complex `where`.
+//! 2. Hub: changes per second through `Hub::publish` with 1,000 / 10,000 / 100,000
+//!    subscriptions, for an indexed shape (`{room: X}` over rooms holding 10 subscribers each)
+//!    and an unindexed one (`{n: {$gt: X}}`). Each change touches one room, so the indexed case
+//!    should cost about the same whatever the subscription count.
+//!
+//! Run: `cargo bench --bench hub`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use livegate::auth::Identity;
+use livegate::hub::{Change, ChangeKind, Hub, IndexEntry, Outbox, Outgoing, RowImage, Subscription};
+use livegate::protocol::RequestId;
+use livegate::query::{canonical_key, Query, QueryLimits};
+use serde_json::{json, Map, Value};
+
+fn object(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+fn time_per_iteration(mut f: impl FnMut(), budget: Duration) -> Duration {
+    let mut iterations = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        for _ in 0..1000 {
+            f();
+        }
+        iterations += 1000;
+    }
+    start.elapsed() / iterations as u32
+}
+
+fn matcher() {
+    let row = object(json!({
+        "className": "Message", "objectId": "abc", "room": "lobby", "n": 42, "tags": ["a", "b", "c"],
+        "author": {"name": "ann", "karma": 7}, "createdAt": "2026-11-22T10:00:00.000Z",
+        "due": {"__type": "Date", "iso": "2026-12-01T00:00:00.000Z"}
+    }));
+    let cases = [
+        ("simple   {room: \"lobby\"}", json!({"room": "lobby"})),
+        (
+            "complex  $or/$in/$gte/dotted/date/$nin",
+            json!({
+                "$or": [{"room": {"$in": ["x", "y", "lobby"]}}, {"n": {"$gte": 100}}],
+                "author.karma": {"$gt": 5, "$lte": 10},
+                "tags": {"$nin": ["z"]},
+                "due": {"$lt": {"__type": "Date", "iso": "2027-01-01T00:00:00Z"}},
+                "createdAt": {"$exists": true}
+            }),
+        ),
+    ];
+    for (label, where_) in cases {
+        let query = Query::compile(&object(where_), QueryLimits::default()).expect("compiles");
+        assert!(query.matches(&row));
+        let per = time_per_iteration(|| assert!(black_box(&query).matches(black_box(&row))), Duration::from_millis(500));
+        println!("matcher  {label:<40} {:>6} ns/evaluation", per.as_nanos());
+    }
+}
+
+fn subscription(where_: Value) -> Subscription {
+    let where_ = object(where_);
+    Subscription {
+        class: "Message".into(),
+        key: canonical_key("Message", &where_),
+        index: IndexEntry::of(&where_),
+        query: Arc::new(Query::compile(&where_, QueryLimits::default()).expect("compiles")),
+        keys: None,
+        watch: None,
+        identity: Identity::default(),
+    }
+}
+
+fn hub(subscriptions: usize, indexed: bool) {
+    const PER_CONNECTION: usize = 100;
+    let hub = Hub::new(PER_CONNECTION);
+    let rooms = (subscriptions / 10).max(1);
+    let mut queues = Vec::new();
+    for c in 0..subscriptions.div_ceil(PER_CONNECTION) {
+        let (outbox, rx) = Outbox::new(1 << 16);
+        let conn = hub.register(outbox);
+        for s in 0..PER_CONNECTION.min(subscriptions - c * PER_CONNECTION) {
+            let i = c * PER_CONNECTION + s;
+            let where_ = if indexed { json!({"room": format!("room{}", i % rooms)}) } else { json!({"n": {"$gte": i % rooms, "$lte": i % rooms}}) };
+            hub.subscribe(conn, RequestId::from(s as i64), subscription(where_), Outgoing::Text(String::new()))
+                .expect("subscribes");
+        }
+        queues.push(rx);
+    }
+    for rx in &mut queues {
+        while rx.try_recv().is_ok() {} // the `subscribed` replies
+    }
+    let changes = 2_000;
+    let mut delivered = 0usize;
+    let mut busy = Duration::ZERO;
+    for i in 0..changes {
+        let room = format!("room{}", (i * 7919) % rooms);
+        let n = (i * 7919) % rooms;
+        let image = RowImage { object: object(json!({"className": "Message", "objectId": i.to_string(), "room": room, "n": n, "body": "hello"})), acl: None };
+        let change = Change { pos: i as i64, class: "Message".into(), kind: ChangeKind::Insert, old: None, new: Some(image) };
+        let start = Instant::now();
+        hub.publish(&change);
+        busy += start.elapsed();
+        for rx in &mut queues {
+            while rx.try_recv().is_ok() {
+                delivered += 1;
+            }
+        }
+    }
+    let shape = if indexed { "indexed   {room: X}" } else { "unindexed {n: {$gte: X, $lte: X}}" };
+    println!(
+        "hub      {shape:<36} {subscriptions:>7} subscriptions: {:>9.0} changes/s ({:>6.1} us/change, {} deliveries/change)",
+        changes as f64 / busy.as_secs_f64(),
+        busy.as_secs_f64() * 1e6 / changes as f64,
+        delivered / changes
+    );
+}
+
+fn main() {
+    matcher();
+    for indexed in [true, false] {
+        for subscriptions in [1_000, 10_000, 100_000] {
+            hub(subscriptions, indexed);
+        }
+    }
+}
