@@ -56,7 +56,8 @@ fn matcher() {
     for (label, where_) in cases {
         let query = Query::compile(&object(where_), QueryLimits::default()).expect("compiles");
         assert!(query.matches(&row));
-        let per = time_per_iteration(|| assert!(black_box(&query).matches(black_box(&row))), Duration::from_millis(500));
+        let per =
+            time_per_iteration(|| assert!(black_box(&query).matches(black_box(&row))), Duration::from_millis(500));
         println!("matcher  {label:<40} {:>6} ns/evaluation", per.as_nanos());
     }
 }
@@ -84,7 +85,11 @@ fn hub(subscriptions: usize, indexed: bool) {
         let conn = hub.register(outbox);
         for s in 0..PER_CONNECTION.min(subscriptions - c * PER_CONNECTION) {
             let i = c * PER_CONNECTION + s;
-            let where_ = if indexed { json!({"room": format!("room{}", i % rooms)}) } else { json!({"n": {"$gte": i % rooms, "$lte": i % rooms}}) };
+            let where_ = if indexed {
+                json!({"room": format!("room{}", i % rooms)})
+            } else {
+                json!({"n": {"$gte": i % rooms, "$lte": i % rooms}})
+            };
             hub.subscribe(conn, RequestId::from(s as i64), subscription(where_), Outgoing::Text(String::new()))
                 .expect("subscribes");
         }
@@ -99,8 +104,14 @@ fn hub(subscriptions: usize, indexed: bool) {
     for i in 0..changes {
         let room = format!("room{}", (i * 7919) % rooms);
         let n = (i * 7919) % rooms;
-        let image = RowImage { object: object(json!({"className": "Message", "objectId": i.to_string(), "room": room, "n": n, "body": "hello"})), acl: None };
-        let change = Change { pos: i as i64, class: "Message".into(), kind: ChangeKind::Insert, old: None, new: Some(image) };
+        let image = RowImage {
+            object: object(
+                json!({"className": "Message", "objectId": i.to_string(), "room": room, "n": n, "body": "hello"}),
+            ),
+            acl: None,
+        };
+        let change =
+            Change { pos: i as i64, class: "Message".into(), kind: ChangeKind::Insert, old: None, new: Some(image) };
         let start = Instant::now();
         hub.publish(&change);
         busy += start.elapsed();

@@ -13,7 +13,6 @@ use crate::database::{self, DatabaseError};
 use crate::feed::{self, Feed};
 use crate::http::{self, HealthState};
 use crate::hub::Hub;
-use crate::query::QueryLimits;
 use crate::session::SessionSettings;
 use crate::transport::ws::WsSettings;
 
@@ -59,10 +58,7 @@ impl Application {
         let port = listener.local_addr().map_err(|e| StartError(format!("cannot read the bound address: {e}")))?.port();
         let ws = WsSettings {
             hub: hub.clone(),
-            session: Arc::new(SessionSettings {
-                keys: config.keys.clone(),
-                query_limits: QueryLimits { max_depth: config.limits.query_depth, max_in_list: config.limits.in_list },
-            }),
+            session: Arc::new(SessionSettings { keys: config.keys.clone(), query_limits: config.query_limits() }),
             ping_interval: config.websocket_timeout(),
             max_frame_bytes: config.websocket.max_frame_bytes,
             send_queue: config.limits.send_queue,

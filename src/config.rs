@@ -116,13 +116,24 @@ pub struct LimitsConfig {
     pub subscriptions_per_connection: usize,
     /// Deepest nesting of `$or`/`$and`/`$nor` and operator objects in a `where`.
     pub query_depth: usize,
-    /// Most elements in an `$in`/`$nin` list.
+    /// Most elements in an `$in`/`$nin`/`$all`/`$containedBy` list or `$polygon`.
     pub in_list: usize,
+    /// Longest `$regex` pattern, in bytes as written.
+    pub regex_bytes: usize,
+    /// Most `$regex` patterns in one `where`.
+    pub regexes_per_query: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { send_queue: 8_192, subscriptions_per_connection: 100, query_depth: 10, in_list: 1_000 }
+        LimitsConfig {
+            send_queue: 8_192,
+            subscriptions_per_connection: 100,
+            query_depth: 10,
+            in_list: 1_000,
+            regex_bytes: 1_024,
+            regexes_per_query: 32,
+        }
     }
 }
 
@@ -214,6 +225,8 @@ impl Config {
             ("limits.subscriptions_per_connection", self.limits.subscriptions_per_connection as u64),
             ("limits.query_depth", self.limits.query_depth as u64),
             ("limits.in_list", self.limits.in_list as u64),
+            ("limits.regex_bytes", self.limits.regex_bytes as u64),
+            ("limits.regexes_per_query", self.limits.regexes_per_query as u64),
             ("database.max_connections", u64::from(self.database.max_connections)),
         ];
         for (key, value) in positive {
@@ -235,6 +248,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    pub fn query_limits(&self) -> crate::query::QueryLimits {
+        crate::query::QueryLimits {
+            max_depth: self.limits.query_depth,
+            max_in_list: self.limits.in_list,
+            max_regex_bytes: self.limits.regex_bytes,
+            max_regexes: self.limits.regexes_per_query,
+        }
     }
 
     pub fn poll_interval(&self) -> Duration {

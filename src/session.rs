@@ -278,7 +278,7 @@ mod tests {
         let (mut s, mut rx, hub) = session(keys);
         s.on_text(r#"{"op":"connect","applicationId":"app","javascriptKey":"wrong"}"#);
         s.on_text(r#"{"op":"connect","applicationId":"app","javascriptKey":"js"}"#);
-        s.on_text(r#"{"op":"subscribe","requestId":1,"query":{"className":"Msg","where":{"a":{"$regex":"x"}}}}"#);
+        s.on_text(r#"{"op":"subscribe","requestId":1,"query":{"className":"Msg","where":{"a":{"$inQuery":{}}}}}"#);
         for id in 2..=7 {
             s.on_text(&format!(r#"{{"op":"subscribe","requestId":{id},"query":{{"className":"Msg","where":{{}}}}}}"#));
         }
@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(r[1]["op"], "connected");
         assert_eq!(
             r[2],
-            serde_json::json!({"op":"error","error":"Unsupported query operator: $regex","code":102,"reconnect":false,"requestId":1})
+            serde_json::json!({"op":"error","error":"Unsupported query operator: $inQuery \u{2014} relations and sub-queries cannot be evaluated on a single row","code":102,"reconnect":false,"requestId":1})
         );
         assert_eq!(r[8]["code"], 155);
         assert_eq!(r[8]["requestId"], 7);

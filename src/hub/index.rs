@@ -11,6 +11,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
+use crate::query::resolve_path;
+
 /// A scalar as the equality matcher compares it: strings and booleans exactly, numbers by
 /// value (1 == 1.0).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -25,7 +27,9 @@ impl Scalar {
         match value {
             Value::String(s) => Some(Scalar::String(s.clone())),
             Value::Bool(b) => Some(Scalar::Bool(*b)),
-            Value::Number(n) => n.as_f64().map(|f| Scalar::Number(if f == 0.0 { 0.0f64.to_bits() } else { f.to_bits() })),
+            Value::Number(n) => {
+                n.as_f64().map(|f| Scalar::Number(if f == 0.0 { 0.0f64.to_bits() } else { f.to_bits() }))
+            }
             _ => None,
         }
     }
@@ -62,7 +66,12 @@ impl QueryIndex {
     pub fn insert(&mut self, key: &str, entry: Option<&IndexEntry>) {
         match entry {
             Some(e) => {
-                self.by_field.entry(e.field.clone()).or_default().entry(e.value.clone()).or_default().insert(key.to_string());
+                self.by_field
+                    .entry(e.field.clone())
+                    .or_default()
+                    .entry(e.value.clone())
+                    .or_default()
+                    .insert(key.to_string());
             }
             None => {
                 self.scanned.insert(key.to_string());
@@ -92,7 +101,7 @@ impl QueryIndex {
         let mut out: HashSet<&str> = self.scanned.iter().map(String::as_str).collect();
         for (field, buckets) in &self.by_field {
             for image in images {
-                let Some(value) = resolve(image, field) else { continue };
+                let Some(value) = resolve_path(image, field) else { continue };
                 let elements = value.as_array().into_iter().flatten();
                 for candidate in std::iter::once(value).chain(elements) {
                     if let Some(keys) = Scalar::of(candidate).and_then(|s| buckets.get(&s)) {
@@ -103,16 +112,6 @@ impl QueryIndex {
         }
         out
     }
-}
-
-/// The value at a dotted path, as the matcher resolves it.
-fn resolve<'a>(object: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-    let mut parts = path.split('.');
-    let mut value = object.get(parts.next()?)?;
-    for part in parts {
-        value = value.as_object()?.get(part)?;
-    }
-    Some(value)
 }
 
 #[cfg(test)]
@@ -127,7 +126,10 @@ mod tests {
     #[test]
     fn entries_come_from_top_level_scalar_equalities() {
         let entry = |v: Value| IndexEntry::of(&map(v));
-        assert_eq!(entry(json!({"room": "a"})), Some(IndexEntry { field: "room".into(), value: Scalar::String("a".into()) }));
+        assert_eq!(
+            entry(json!({"room": "a"})),
+            Some(IndexEntry { field: "room".into(), value: Scalar::String("a".into()) })
+        );
         assert_eq!(entry(json!({"n": {"$eq": 1}})).unwrap().value, Scalar::of(&json!(1.0)).unwrap());
         assert_eq!(entry(json!({"a.b": true})).unwrap().field, "a.b");
         assert_eq!(entry(json!({"n": {"$gt": 1}})), None);

@@ -204,7 +204,8 @@ fn indexed_fan_out_equals_brute_force() {
     let (conn, mut rx) = connect(&hub, 1_000_000);
     let mut queries = Vec::new();
     for id in 0..300 {
-        let where_ = match next(6) {
+        let where_ = match next(7) {
+            6 => json!({"tags.0": format!("t{}", next(5))}),
             0 => json!({"room": format!("r{}", next(20))}),
             1 => json!({"n": next(10)}),
             2 => json!({"n": {"$eq": next(10) as f64}}),
@@ -226,7 +227,9 @@ fn indexed_fan_out_equals_brute_force() {
         let (o, n) = (object(old.clone()), object(new.clone()));
         let mut expected: Vec<(String, EventOp)> = queries
             .iter()
-            .filter_map(|(id, q)| decide(ChangeKind::Update, q.matches(&o), q.matches(&n)).map(|op| (id.to_string(), op)))
+            .filter_map(|(id, q)| {
+                decide(ChangeKind::Update, q.matches(&o), q.matches(&n)).map(|op| (id.to_string(), op))
+            })
             .collect();
         while rx.try_recv().is_ok() {}
         hub.publish(&change(ChangeKind::Update, image(old.clone()), image(new.clone())));

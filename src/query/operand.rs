@@ -2,9 +2,10 @@
 
 use std::cmp::Ordering as Cmp;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::value::{date_millis, parse_instant};
+use super::geo::{self, Point};
+use crate::value::{date_millis, now_millis, parse_instant, relative_time_offset};
 
 #[derive(Debug, Clone)]
 pub enum Operand {
@@ -14,8 +15,21 @@ pub enum Operand {
     String(String),
     /// Milliseconds since the epoch.
     Date(i64),
-    Pointer { class_name: String, object_id: String },
-    GeoPoint { latitude: f64, longitude: f64 },
+    /// `{"$relativeTime": …}` in a range operator: now plus this many milliseconds, now being
+    /// the moment of each comparison.
+    RelativeDate(i64),
+    /// Also how `{"__type":"Object",…}` constraints (a full object) are read.
+    Pointer {
+        class_name: String,
+        object_id: String,
+    },
+    GeoPoint(Point),
+    Bytes(String),
+    File {
+        name: String,
+        url: Option<String>,
+    },
+    Polygon(Vec<Point>),
     /// Arrays, embedded objects and other typed values compare as JSON.
     Json(Value),
 }
@@ -40,11 +54,31 @@ impl Ordering {
     }
 }
 
+pub const RELATIVE_TIME_ONLY_IN_RANGES: &str =
+    "$relativeTime can only be used with the $lt, $lte, $gt, and $gte operators";
+
 fn type_tag(value: &Value) -> Option<&str> {
     value.as_object()?.get("__type")?.as_str()
 }
 
+fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
+    map.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// A pointer-like value: `{"__type":"Pointer"|"Object","className":…,"objectId":…}`, or the
+/// same without `__type` (Parse's matcher compares only `className` and `objectId`).
+pub fn pointer_of(value: &Value) -> Option<(&str, &str)> {
+    let map = value.as_object()?;
+    match map.get("__type") {
+        None => {}
+        Some(tag) if matches!(tag.as_str(), Some("Pointer" | "Object")) => {}
+        Some(_) => return None,
+    }
+    Some((map.get("className")?.as_str()?, map.get("objectId")?.as_str()?))
+}
+
 impl Operand {
+    /// A constraint value as used by equality, `$ne`, `$in`, `$nin`, `$all`, `$containedBy`.
     pub fn decode(value: &Value) -> Result<Operand, String> {
         Ok(match value {
             Value::Null => Operand::Null,
@@ -52,22 +86,51 @@ impl Operand {
             Value::Number(n) => Operand::Number(n.as_f64().ok_or("number out of range")?),
             Value::String(s) => Operand::String(s.clone()),
             Value::Array(_) => Operand::Json(value.clone()),
+            Value::Object(map) if map.contains_key("$relativeTime") => {
+                return Err(RELATIVE_TIME_ONLY_IN_RANGES.into());
+            }
             Value::Object(map) => match type_tag(value) {
-                Some("Date") => Operand::Date(date_millis(value).ok_or("invalid Date: iso must be an ISO-8601 string")?),
-                Some("Pointer") => {
-                    let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
-                    match (text("className"), text("objectId")) {
-                        (Some(class_name), Some(object_id)) => Operand::Pointer { class_name, object_id },
-                        _ => return Err("invalid Pointer: className and objectId must be strings".into()),
-                    }
+                Some("Date") => {
+                    Operand::Date(date_millis(value).ok_or("invalid Date: iso must be an ISO-8601 string")?)
                 }
-                Some("GeoPoint") => match geo_point(value) {
-                    Some((latitude, longitude)) => Operand::GeoPoint { latitude, longitude },
-                    None => return Err("invalid GeoPoint: latitude and longitude must be numbers".into()),
+                Some(kind @ ("Pointer" | "Object")) => match (text(map, "className"), text(map, "objectId")) {
+                    (Some(class_name), Some(object_id)) => Operand::Pointer { class_name, object_id },
+                    _ => return Err(format!("invalid {kind}: className and objectId must be strings")),
                 },
+                Some("GeoPoint") => Operand::GeoPoint(geo::decode_point(value)?),
+                Some("Bytes") => match text(map, "base64") {
+                    Some(base64) => Operand::Bytes(base64),
+                    None => return Err("invalid Bytes: base64 must be a string".into()),
+                },
+                Some("File") => {
+                    let Some(name) = text(map, "name") else {
+                        return Err("invalid File: name must be a string".into());
+                    };
+                    let url = match map.get("url") {
+                        None | Some(Value::Null) => None,
+                        Some(Value::String(url)) => Some(url.clone()),
+                        Some(_) => return Err("invalid File: url must be a string".into()),
+                    };
+                    Operand::File { name, url }
+                }
+                Some("Polygon") => Operand::Polygon(geo::decode_polygon(value)?),
                 _ => Operand::Json(value.clone()),
             },
         })
+    }
+
+    /// A bound of `$lt`/`$lte`/`$gt`/`$gte`: a value, or `{"$relativeTime": "…"}`.
+    pub fn decode_bound(value: &Value) -> Result<Operand, String> {
+        let Some(relative) = value.as_object().and_then(|m| m.get("$relativeTime")) else {
+            return Operand::decode(value);
+        };
+        if value.as_object().map_or(0, Map::len) != 1 {
+            return Err("$relativeTime must be the only key of its object".into());
+        }
+        let Some(text) = relative.as_str() else {
+            return Err("bad $relativeTime value: must be a string".into());
+        };
+        relative_time_offset(text).map(Operand::RelativeDate).map_err(|e| format!("bad $relativeTime value. {e}"))
     }
 
     /// Equality with one value (no array expansion; the caller does that).
@@ -78,25 +141,46 @@ impl Operand {
             Operand::Number(n) => value.as_f64() == Some(*n),
             Operand::String(s) => value.as_str() == Some(s.as_str()),
             Operand::Date(ms) => instant_of(value) == Some(*ms),
+            Operand::RelativeDate(_) => false,
             Operand::Pointer { class_name, object_id } => {
-                let Some(map) = value.as_object() else { return false };
-                matches!(type_tag(value), Some("Pointer" | "Object"))
-                    && map.get("className").and_then(Value::as_str) == Some(class_name.as_str())
-                    && map.get("objectId").and_then(Value::as_str) == Some(object_id.as_str())
+                pointer_of(value) == Some((class_name.as_str(), object_id.as_str()))
             }
-            Operand::GeoPoint { latitude, longitude } => {
-                type_tag(value) == Some("GeoPoint") && geo_point(value) == Some((*latitude, *longitude))
+            Operand::GeoPoint(point) => geo::tagged_point_of(value) == Some(*point),
+            Operand::Bytes(base64) => {
+                type_tag(value) == Some("Bytes") && value.get("base64").and_then(Value::as_str) == Some(base64.as_str())
             }
+            Operand::File { name, url } => {
+                type_tag(value) == Some("File")
+                    && value.get("name").and_then(Value::as_str) == Some(name.as_str())
+                    && match (url, value.get("url").and_then(Value::as_str)) {
+                        (Some(expected), Some(actual)) => expected == actual,
+                        _ => true,
+                    }
+            }
+            Operand::Polygon(vertices) => geo::polygon_of(value).is_some_and(|v| v == *vertices),
             Operand::Json(expected) => json_equals(expected, value),
         }
     }
 
-    /// `value` compared with this operand, when both are of one comparable kind.
+    /// Membership in an `$in`/`$nin`/`$containedBy` list: equality, and a bare objectId string
+    /// also matches a pointer with that objectId (Parse's `containedIn(key, [objectId])`).
+    pub fn listed(&self, value: &Value) -> bool {
+        match self {
+            Operand::String(id) => {
+                value.as_str() == Some(id.as_str()) || pointer_of(value).is_some_and(|(_, object_id)| object_id == id)
+            }
+            other => other.equals(value),
+        }
+    }
+
+    /// `value` compared with this operand, when both are of one comparable kind (numbers,
+    /// strings, instants).
     pub fn compare(&self, value: &Value) -> Option<Cmp> {
         match self {
             Operand::Number(n) => value.as_f64()?.partial_cmp(n),
             Operand::String(s) => Some(value.as_str()?.cmp(s.as_str())),
             Operand::Date(ms) => Some(instant_of(value)?.cmp(ms)),
+            Operand::RelativeDate(offset) => Some(instant_of(value)?.cmp(&now_millis().checked_add(*offset)?)),
             _ => None,
         }
     }
@@ -108,11 +192,6 @@ fn instant_of(value: &Value) -> Option<i64> {
         Value::String(s) => parse_instant(s),
         _ => date_millis(value),
     }
-}
-
-fn geo_point(value: &Value) -> Option<(f64, f64)> {
-    let map = value.as_object()?;
-    Some((map.get("latitude")?.as_f64()?, map.get("longitude")?.as_f64()?))
 }
 
 /// Deep JSON equality where numbers compare by value (1 == 1.0).

@@ -3,5 +3,6 @@
 
 mod feed;
 mod parse_sdk;
+mod queries;
 mod support;
 mod websocket;

@@ -65,6 +65,8 @@ pub const MESSAGES: &str = "create table messages (
     n integer,
     tags text[],
     due date,
+    place jsonb,
+    owner jsonb,
     secret_note text,
     _internal text,
     created_at timestamptz not null default now(),
