@@ -75,7 +75,9 @@ fn subscription(where_: Value) -> Subscription {
     }
 }
 
-fn hub(subscriptions: usize, indexed: bool) {
+/// `deliveries`: whether each change matches ten subscriptions (true) or none (false, which
+/// isolates the cost of finding out).
+fn hub(subscriptions: usize, indexed: bool, deliveries: bool) {
     const PER_CONNECTION: usize = 100;
     let hub = Hub::new(PER_CONNECTION);
     let rooms = (subscriptions / 10).max(1);
@@ -102,8 +104,11 @@ fn hub(subscriptions: usize, indexed: bool) {
     let mut delivered = 0usize;
     let mut busy = Duration::ZERO;
     for i in 0..changes {
-        let room = format!("room{}", (i * 7919) % rooms);
-        let n = (i * 7919) % rooms;
+        let (room, n) = if deliveries {
+            (format!("room{}", (i * 7919) % rooms), ((i * 7919) % rooms) as i64)
+        } else {
+            ("nobody's room".to_string(), -1)
+        };
         let image = RowImage {
             object: object(
                 json!({"className": "Message", "objectId": i.to_string(), "room": room, "n": n, "body": "hello"}),
@@ -132,9 +137,9 @@ fn hub(subscriptions: usize, indexed: bool) {
 
 fn main() {
     matcher();
-    for indexed in [true, false] {
+    for (indexed, deliveries) in [(true, true), (true, false), (false, true)] {
         for subscriptions in [1_000, 10_000, 100_000] {
-            hub(subscriptions, indexed);
+            hub(subscriptions, indexed, deliveries);
         }
     }
 }
