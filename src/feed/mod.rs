@@ -87,12 +87,7 @@ impl Feed {
         Ok(Feed { position, tasks: vec![listener, reader] })
     }
 
-    /// The last stream position handed to the hub.
-    pub fn position(&self) -> i64 {
-        self.position.load(Ordering::Acquire)
-    }
-
-    /// A shared view of [`Feed::position`] for reporting.
+    /// The last stream position handed to the hub, shared for reporting.
     pub fn position_handle(&self) -> Arc<AtomicI64> {
         self.position.clone()
     }
