@@ -16,6 +16,38 @@ pub struct Identity {
     pub roles: Vec<String>,
 }
 
+/// What a verified token says about its bearer, before role inheritance is applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    pub user_id: String,
+    /// Role names without the `role:` prefix, as the token or session row lists them.
+    pub roles: Vec<String>,
+    /// When the token or session stops being valid, if it ever does.
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// Malformed, badly signed, unknown, revoked or otherwise unacceptable; the message says why
+    /// (it is shown to the client, so it never contains key material).
+    Invalid(String),
+    /// Was valid once and has expired.
+    Expired,
+    /// Could not be checked right now (database unreachable); worth retrying.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::Invalid(why) => write!(f, "Invalid session token: {why}"),
+            TokenError::Expired => f.write_str("Session token is expired."),
+            TokenError::Unavailable(why) => write!(f, "Session token cannot be checked now: {why}"),
+        }
+    }
+}
+
 /// Read access of one row image. `None` on a row means public.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadAcl {
