@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livegate::auth::Identity;
-use livegate::hub::{Change, ChangeKind, Hub, IndexEntry, Outbox, Outgoing, RowImage, Subscription};
+use livegate::hub::{Change, ChangeKind, Hub, IndexEntry, Outbox, Outgoing, RowImage, Start, Subscription};
 use livegate::protocol::RequestId;
 use livegate::query::{canonical_key, Query, QueryLimits};
 use serde_json::{json, Map, Value};
@@ -72,6 +72,7 @@ fn subscription(where_: Value) -> Subscription {
         keys: None,
         watch: None,
         identity: Identity::default(),
+        positions: false,
     }
 }
 
@@ -92,8 +93,10 @@ fn hub(subscriptions: usize, indexed: bool, deliveries: bool) {
             } else {
                 json!({"n": {"$gte": i % rooms, "$lte": i % rooms}})
             };
-            hub.subscribe(conn, RequestId::from(s as i64), subscription(where_), Outgoing::Text(String::new()))
-                .expect("subscribes");
+            hub.subscribe(conn, RequestId::from(s as i64), subscription(where_), Start::Now, |_| {
+                Outgoing::Text(String::new())
+            })
+            .expect("subscribes");
         }
         queues.push(rx);
     }

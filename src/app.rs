@@ -8,12 +8,14 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
+use crate::catchup::Catchup;
 use crate::config::Config;
 use crate::database::{self, DatabaseError};
 use crate::feed::{self, Feed};
 use crate::http::{self, HealthState};
 use crate::hub::Hub;
 use crate::session::SessionSettings;
+use crate::transport::sse::SseSettings;
 use crate::transport::ws::WsSettings;
 
 /// Why the gateway could not start; `Display` is the one line shown to the operator.
@@ -51,22 +53,36 @@ impl Application {
         }
         let hub = Arc::new(Hub::new(config.limits.subscriptions_per_connection));
         let listener_options = database::connect_options(&config.database, feed::LISTENER_APPLICATION_NAME)?;
-        let feed = Feed::start(pool, listener_options, hub.clone(), &config.feed).await?;
+        let feed = Feed::start(pool, listener_options, hub.clone(), &config.feed, &config.history).await?;
+        let catchup = Arc::new(Catchup::new(hub.clone(), feed.history()));
 
         let listener = TcpListener::bind(config.server.listen)
             .map_err(|e| StartError(format!("cannot listen on {}: {e}", config.server.listen)))?;
         let port = listener.local_addr().map_err(|e| StartError(format!("cannot read the bound address: {e}")))?.port();
         let ws = WsSettings {
             hub: hub.clone(),
-            session: Arc::new(SessionSettings { keys: config.keys.clone(), query_limits: config.query_limits() }),
+            session: Arc::new(SessionSettings {
+                keys: config.keys.clone(),
+                query_limits: config.query_limits(),
+                catchup: Some(catchup.clone()),
+            }),
             ping_interval: config.websocket_timeout(),
             max_frame_bytes: config.websocket.max_frame_bytes,
+            send_queue: config.limits.send_queue,
+        };
+        let sse = SseSettings {
+            hub: hub.clone(),
+            catchup,
+            query_limits: config.query_limits(),
+            keepalive: Duration::from_millis(config.sse.keepalive_ms),
+            retry: Duration::from_millis(config.sse.retry_ms),
             send_queue: config.limits.send_queue,
         };
         let health = HealthState { hub: hub.clone(), feed_position: feed.position_handle() };
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(ws.clone()))
+                .app_data(web::Data::new(sse.clone()))
                 .app_data(web::Data::new(health.clone()))
                 .configure(http::routes)
         })

@@ -20,7 +20,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub feed: FeedConfig,
+    pub history: HistoryConfig,
     pub websocket: WebSocketConfig,
+    pub sse: SseConfig,
     pub limits: LimitsConfig,
     pub keys: KeyPairs,
 }
@@ -89,6 +91,42 @@ impl Default for FeedConfig {
             reconnect_min_ms: 100,
             reconnect_max_ms: 5_000,
         }
+    }
+}
+
+/// Retention of the change table: what clients can resume from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Changes older than this are pruned, in seconds; 0 keeps changes regardless of age.
+    pub max_age_secs: u64,
+    /// At most this many of the newest changes are kept; 0 keeps any number.
+    pub max_changes: u64,
+    /// How often the pruner runs, in milliseconds.
+    pub prune_interval_ms: u64,
+    /// Rows deleted per pruning transaction (short transactions keep the table available).
+    pub prune_batch: u32,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { max_age_secs: 24 * 3600, max_changes: 1_000_000, prune_interval_ms: 60_000, prune_batch: 5_000 }
+    }
+}
+
+/// Server-Sent Events for browsers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// A comment line is sent this often on an idle stream, so proxies and browsers keep it.
+    pub keepalive_ms: u64,
+    /// The `retry:` hint: how long a browser waits before reconnecting.
+    pub retry_ms: u64,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig { keepalive_ms: 15_000, retry_ms: 2_000 }
     }
 }
 
@@ -219,6 +257,10 @@ impl Config {
             ("feed.poll_interval_ms", self.feed.poll_interval_ms),
             ("feed.batch_size", u64::from(self.feed.batch_size)),
             ("feed.reconnect_min_ms", self.feed.reconnect_min_ms),
+            ("history.prune_interval_ms", self.history.prune_interval_ms),
+            ("history.prune_batch", u64::from(self.history.prune_batch)),
+            ("sse.keepalive_ms", self.sse.keepalive_ms),
+            ("sse.retry_ms", self.sse.retry_ms),
             ("websocket.timeout_ms", self.websocket.timeout_ms),
             ("websocket.max_frame_bytes", self.websocket.max_frame_bytes as u64),
             ("limits.send_queue", self.limits.send_queue as u64),

@@ -10,7 +10,10 @@ use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 use crate::config::DatabaseConfig;
 
 /// Migrations, in order. Each runs once, in its own transaction.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "capture", include_str!("../migrations/0001_capture.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "capture", include_str!("../migrations/0001_capture.sql")),
+    (2, "history", include_str!("../migrations/0002_history.sql")),
+];
 
 /// Arbitrary constant shared by every livegate process: key of the migration advisory lock.
 const MIGRATION_LOCK: i64 = 0x6c69_7665_6761_7465;

@@ -15,11 +15,13 @@
 
 pub mod app;
 pub mod auth;
+pub mod catchup;
 pub mod config;
 pub mod database;
 pub mod feed;
 pub mod http;
 pub mod hub;
+pub mod position;
 pub mod protocol;
 pub mod query;
 pub mod session;

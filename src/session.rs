@@ -1,12 +1,19 @@
 //! One Parse LiveQuery connection's state machine: connect, subscribe, update, unsubscribe, with
 //! Parse's replies and error codes. No I/O: replies go into the connection's outbox, state into
 //! the hub; the transport only moves frames.
+//!
+//! The resume extension (`since` on subscribe) hands the subscription to [`Catchup`], which
+//! replays missed changes on a task of its own and then registers it in the hub.
 
 use std::sync::Arc;
 
+use tokio::task::AbortHandle;
+
 use crate::auth::{check_keys, Identity, KeyCheck};
+use crate::catchup::{Catchup, Replies, Resume};
 use crate::config::KeyPairs;
-use crate::hub::{ConnectionId, Delivery, Hub, IndexEntry, Outbox, Outgoing, SubscribeError, Subscription};
+use crate::hub::{ConnectionId, Hub, IndexEntry, Outbox, Outgoing, Start, SubscribeError, Subscription};
+use crate::position::Position;
 use crate::protocol::{self, code, decode, encode_error, encode_reply, Decoded, Reply, Request, RequestId, Subscribe};
 use crate::query::{canonical_key, Query, QueryLimits};
 
@@ -15,6 +22,8 @@ use crate::query::{canonical_key, Query, QueryLimits};
 pub struct SessionSettings {
     pub keys: KeyPairs,
     pub query_limits: QueryLimits,
+    /// Replays history for subscriptions that resume; `None` refuses `since` positions.
+    pub catchup: Option<Arc<Catchup>>,
 }
 
 #[derive(Debug, Clone)]
@@ -30,12 +39,14 @@ pub struct ParseSession {
     connection: ConnectionId,
     outbox: Outbox,
     client: Option<Client>,
+    /// Catch-up tasks started by this session, stopped when it ends.
+    catchups: Vec<AbortHandle>,
 }
 
 impl ParseSession {
     pub fn new(hub: Arc<Hub>, settings: Arc<SessionSettings>, outbox: Outbox) -> ParseSession {
         let connection = hub.register(outbox.clone());
-        ParseSession { hub, settings, connection, outbox, client: None }
+        ParseSession { hub, settings, connection, outbox, client: None, catchups: Vec::new() }
     }
 
     /// Handles one text frame.
@@ -52,17 +63,32 @@ impl ParseSession {
         self.error(code::SCHEMA, "Missing required property: op", true, None);
     }
 
-    /// Frames an event for this client, or `None` before `connect`.
-    pub fn frame_event(&self, delivery: &Delivery) -> Option<String> {
-        let client = self.client.as_ref()?;
-        Some(protocol::encode_event(
-            delivery.op,
-            &client.client_id,
-            client.installation_id.as_deref(),
-            &delivery.request_id,
-            &delivery.payload.object,
-            delivery.payload.original.as_deref(),
-        ))
+    /// The text frame for one outbox item, or `None` for an event before `connect`.
+    pub fn frame(&self, item: Outgoing) -> Option<String> {
+        match item {
+            Outgoing::Text(text) => Some(text),
+            Outgoing::Event(delivery) => {
+                let client = self.client.as_ref()?;
+                let position = delivery.positioned.then(|| delivery.payload.position.to_string());
+                Some(protocol::encode_event(
+                    delivery.op,
+                    &client.client_id,
+                    client.installation_id.as_deref(),
+                    &delivery.request_id,
+                    &delivery.payload.object,
+                    delivery.payload.original.as_deref(),
+                    position.as_deref(),
+                ))
+            }
+            Outgoing::Gap { request_id, gap, position } => {
+                let client = self.client.as_ref()?;
+                let position = position.to_string();
+                Some(reply_text(
+                    client,
+                    &Reply::Gap { request_id: &request_id, reason: gap.as_str(), position: &position },
+                ))
+            }
+        }
     }
 
     fn on_request(&mut self, request: Request) {
@@ -75,6 +101,7 @@ impl ParseSession {
                     }
                 };
                 // A second connect replaces the first client cleanly (Parse 2024 leaked it).
+                self.stop_catchups();
                 self.hub.unsubscribe_all(self.connection);
                 let client = Client {
                     client_id: uuid::Uuid::new_v4().to_string(),
@@ -119,6 +146,14 @@ impl ParseSession {
             Ok(query) => query,
             Err(e) => return self.error(code::INVALID_QUERY, &e.0, false, Some(&request.request_id)),
         };
+        let resume_from = match request.since.as_deref() {
+            None | Some("now") => None,
+            Some(text) => match text.parse::<Position>() {
+                Ok(position) => Some(position),
+                Err(e) => return self.error(code::SCHEMA, &format!("since: {e}"), false, Some(&request.request_id)),
+            },
+        };
+        let positions = request.since.is_some();
         let subscription = Subscription {
             key: canonical_key(&request.class_name, &request.where_),
             index: IndexEntry::of(&request.where_),
@@ -127,27 +162,58 @@ impl ParseSession {
             keys: request.keys.map(Into::into),
             watch: request.watch.map(Into::into),
             identity: Identity { master: client.master, ..Identity::default() },
+            positions,
         };
-        let confirmation = reply_text(&client, &Reply::Subscribed(&request.request_id));
-        match self.hub.subscribe(
-            self.connection,
-            request.request_id.clone(),
-            subscription,
-            Outgoing::Text(confirmation),
-        ) {
-            Ok(()) => {}
-            Err(SubscribeError::TooManySubscriptions { limit }) => self.error(
-                code::LIMIT_EXCEEDED,
-                &format!("Too many subscriptions on this connection (limit {limit})"),
-                false,
-                Some(&request.request_id),
-            ),
-            Err(SubscribeError::UnknownConnection) => self.error(
-                code::NOT_FOUND,
-                "Can not find this client, make sure you connect to server before subscribing",
-                true,
-                None,
-            ),
+        let request_id = request.request_id;
+        let subscribed = {
+            let (client, request_id) = (client.clone(), request_id.clone());
+            move |position: Position| {
+                let position = position.to_string();
+                let reply = if positions {
+                    Reply::SubscribedAt(&request_id, &position)
+                } else {
+                    Reply::Subscribed(&request_id)
+                };
+                Outgoing::Text(reply_text(&client, &reply))
+            }
+        };
+        let result = match (resume_from, &self.settings.catchup) {
+            (None, _) => self
+                .hub
+                .subscribe(self.connection, request_id.clone(), subscription, Start::Now, subscribed)
+                .map(|_| ()),
+            (Some(since), Some(catchup)) => {
+                let refused = {
+                    let request_id = request_id.clone();
+                    move |e: &SubscribeError| refusal(e, &request_id).map(Outgoing::Text)
+                };
+                let resume = Resume {
+                    connection: self.connection,
+                    request_id: request_id.clone(),
+                    subscription,
+                    since,
+                    outbox: self.outbox.clone(),
+                    replies: Replies { subscribed: Box::new(subscribed), refused: Box::new(refused) },
+                };
+                catchup.start(resume).map(|task| {
+                    self.catchups.retain(|t| !t.is_finished());
+                    self.catchups.push(task);
+                })
+            }
+            (Some(_), None) => {
+                return self.error(code::SCHEMA, "since: resuming is not available here", false, Some(&request_id))
+            }
+        };
+        if let Err(e) = result {
+            if let Some(text) = refusal(&e, &request_id) {
+                self.outbox.push(Outgoing::Text(text));
+            }
+        }
+    }
+
+    fn stop_catchups(&mut self) {
+        for task in self.catchups.drain(..) {
+            task.abort();
         }
     }
 
@@ -186,8 +252,28 @@ fn reply_text(client: &Client, reply: &Reply<'_>) -> String {
     encode_reply(reply, &client.client_id, client.installation_id.as_deref())
 }
 
+/// The error frame for a subscription the hub refused; `None` when the client is gone anyway.
+fn refusal(error: &SubscribeError, request_id: &RequestId) -> Option<String> {
+    match error {
+        SubscribeError::TooManySubscriptions { limit } => Some(encode_error(
+            code::LIMIT_EXCEEDED,
+            &format!("Too many subscriptions on this connection (limit {limit})"),
+            false,
+            Some(request_id),
+        )),
+        SubscribeError::UnknownConnection => Some(encode_error(
+            code::NOT_FOUND,
+            "Can not find this client, make sure you connect to server before subscribing",
+            true,
+            None,
+        )),
+        SubscribeError::Moved(_) | SubscribeError::Cancelled => None,
+    }
+}
+
 impl Drop for ParseSession {
     fn drop(&mut self) {
+        self.stop_catchups();
         self.hub.disconnect(self.connection);
     }
 }
@@ -201,7 +287,7 @@ mod tests {
     fn session(keys: KeyPairs) -> (ParseSession, Receiver<Outgoing>, Arc<Hub>) {
         let hub = Arc::new(Hub::new(5));
         let (outbox, rx) = Outbox::new(64);
-        let settings = Arc::new(SessionSettings { keys, query_limits: QueryLimits::default() });
+        let settings = Arc::new(SessionSettings { keys, query_limits: QueryLimits::default(), catchup: None });
         (ParseSession::new(hub.clone(), settings, outbox), rx, hub)
     }
 

@@ -1,31 +1,38 @@
 //! The change feed: the only module that knows LISTEN/NOTIFY and the change table's SQL.
 //!
-//! Two tasks. The *listener* holds one dedicated connection that LISTENs on `livegate`; each
+//! Three tasks. The *listener* holds one dedicated connection that LISTENs on `livegate`; each
 //! notification, and every (re)connection, rings an in-process doorbell. The *reader* wakes on
 //! the doorbell or every `poll_interval`, assigns stream positions to newly committed changes
-//! (`livegate.sequence`), reads everything after its cursor in position order and hands it to
+//! (`livegate.advance`), reads everything after its cursor in position order and hands it to
 //! the hub. Delivery only ever comes from that ordered read, so after any gap (lost listener,
 //! database restart) the catch-up read precedes anything newer, and a lost notification only
-//! delays a change until the next poll.
+//! delays a change until the next poll. The *pruner* deletes history outside retention.
+//!
+//! [`History`] reads the retained changes for clients that resume from an older position. The
+//! stream's epoch is checked on every read: when history was lost (a truncate, a restored
+//! database) the hub starts a new epoch and every position from the old one is refused.
 
+mod catalog;
 mod rows;
 
+pub use catalog::Catalog;
 pub use rows::{to_parse_object, TableInfo};
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
-use crate::config::FeedConfig;
+use crate::config::{FeedConfig, HistoryConfig};
 use crate::database::DatabaseError;
-use crate::hub::{Change, ChangeKind, Hub};
+use crate::hub::{Change, Hub};
+use crate::position::Position;
+use catalog::CHANGE_COLUMNS;
 
 /// The NOTIFY channel the capture trigger rings.
 const CHANNEL: &str = "livegate";
@@ -49,25 +56,27 @@ fn database_message(e: &sqlx::Error) -> String {
     }
 }
 
-/// A running feed. Dropping it stops both tasks.
+/// A running feed. Dropping it stops its tasks.
 pub struct Feed {
     position: Arc<AtomicI64>,
+    history: Arc<History>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Feed {
-    /// Starts delivering every change committed from now on.
+    /// Starts delivering every change committed from now on; earlier ones stay in [`History`].
     pub async fn start(
         pool: PgPool,
         listener_options: PgConnectOptions,
         hub: Arc<Hub>,
         config: &FeedConfig,
+        retention: &HistoryConfig,
     ) -> Result<Feed, DatabaseError> {
-        let head: i64 = sqlx::query_scalar("select livegate.sequence(0)")
-            .fetch_one(&pool)
+        let stream = StreamState::check_origin(&pool)
             .await
             .map_err(|e| DatabaseError(format!("cannot read the change stream: {e}")))?;
-        let position = Arc::new(AtomicI64::new(head));
+        hub.start_epoch(Position::new(stream.epoch, stream.head));
+        let position = Arc::new(AtomicI64::new(stream.head));
         let doorbell = Arc::new(Notify::new());
         let backoff = Backoff::new(config);
         let listener = tokio::spawn(listen(
@@ -76,20 +85,33 @@ impl Feed {
             backoff.clone(),
         ));
         let reader = Reader {
-            pool,
+            pool: pool.clone(),
             hub,
             catalog: Catalog::new(config.aliases.clone()),
-            cursor: head,
+            epoch: stream.epoch,
+            cursor: stream.head,
             position: position.clone(),
             batch_size: config.batch_size,
+            check_origin: false,
         };
         let reader = tokio::spawn(reader.run(doorbell, Duration::from_millis(config.poll_interval_ms), backoff));
-        Ok(Feed { position, tasks: vec![listener, reader] })
+        let pruner = tokio::spawn(prune(pool.clone(), retention.clone()));
+        let history = Arc::new(History {
+            pool,
+            catalog: Mutex::new(Catalog::new(config.aliases.clone())),
+            batch_size: config.batch_size,
+        });
+        Ok(Feed { position, history, tasks: vec![listener, reader, pruner] })
     }
 
     /// The last stream position handed to the hub, shared for reporting.
     pub fn position_handle(&self) -> Arc<AtomicI64> {
         self.position.clone()
+    }
+
+    /// Retained history, for clients that resume.
+    pub fn history(&self) -> Arc<History> {
+        self.history.clone()
     }
 }
 
@@ -98,6 +120,31 @@ impl Drop for Feed {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// The stream row: epoch, last assigned position, and the floor below which history is gone.
+#[derive(Debug, Clone, Copy)]
+struct StreamState {
+    epoch: Uuid,
+    head: i64,
+    floor: i64,
+}
+
+impl StreamState {
+    /// Reads the stream row, starting a new epoch first if the database is not the one the
+    /// history was written in (restored from a backup).
+    async fn check_origin(pool: &PgPool) -> Result<StreamState, sqlx::Error> {
+        let row = sqlx::query("select epoch::text as epoch, head, floor from livegate.check_origin()")
+            .fetch_one(pool)
+            .await?;
+        StreamState::from_row(&row)
+    }
+
+    fn from_row(row: &PgRow) -> Result<StreamState, sqlx::Error> {
+        let epoch: String = row.try_get("epoch")?;
+        let epoch = Uuid::parse_str(&epoch).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok(StreamState { epoch, head: row.try_get("head")?, floor: row.try_get("floor")? })
     }
 }
 
@@ -171,9 +218,12 @@ struct Reader {
     pool: PgPool,
     hub: Arc<Hub>,
     catalog: Catalog,
+    epoch: Uuid,
     cursor: i64,
     position: Arc<AtomicI64>,
     batch_size: u32,
+    /// Set after losing the database: it may have come back restored from a backup.
+    check_origin: bool,
 }
 
 impl Reader {
@@ -192,6 +242,7 @@ impl Reader {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, cursor = self.cursor, "reading the change table failed; retrying");
+                        self.check_origin = true;
                         backoff.wait().await;
                     }
                 }
@@ -201,135 +252,133 @@ impl Reader {
 
     /// Sequences newly committed changes and publishes one batch after the cursor.
     async fn read_batch(&mut self) -> Result<usize, sqlx::Error> {
-        let head: i64 = sqlx::query_scalar("select livegate.sequence($1)")
+        if self.check_origin {
+            StreamState::check_origin(&self.pool).await?;
+            self.check_origin = false;
+        }
+        let row = sqlx::query("select epoch::text as epoch, head, floor from livegate.advance($1)")
             .bind(self.batch_size as i32)
             .fetch_one(&self.pool)
             .await?;
-        if head <= self.cursor {
+        let stream = StreamState::from_row(&row)?;
+        if stream.epoch != self.epoch {
+            // History was lost (truncated, restored): nothing before the head can be trusted.
+            tracing::warn!(epoch = %stream.epoch, head = stream.head, "the change stream started a new epoch");
+            self.epoch = stream.epoch;
+            self.advance_to(stream.head);
+            self.hub.start_epoch(Position::new(stream.epoch, stream.head));
             return Ok(0);
         }
-        let rows = sqlx::query(
-            "select pos, table_schema, table_name, op, old_row, new_row from livegate.changes \
-             where pos > $1 and pos <= $2 order by pos limit $3",
-        )
+        if stream.head < self.cursor {
+            // Positions went backwards in the same epoch: the database was rolled back under
+            // us. Start a new epoch so that no position is ever reused with other content.
+            tracing::warn!(head = stream.head, cursor = self.cursor, "the change stream went backwards");
+            sqlx::query("select livegate.new_epoch()").execute(&self.pool).await?;
+            return Ok(0);
+        }
+        if stream.head == self.cursor {
+            return Ok(0);
+        }
+        let rows = sqlx::query(&format!(
+            "select {CHANGE_COLUMNS} from livegate.changes where pos > $1 and pos <= $2 order by pos limit $3"
+        ))
         .bind(self.cursor)
-        .bind(head)
+        .bind(stream.head)
         .bind(i64::from(self.batch_size))
         .fetch_all(&self.pool)
         .await?;
         let count = rows.len();
         for row in rows {
-            let pos: i64 = row.try_get("pos")?;
-            let schema: String = row.try_get("table_schema")?;
-            let table: String = row.try_get("table_name")?;
-            let op: String = row.try_get("op")?;
-            let old: Option<Value> = row.try_get("old_row")?;
-            let new: Option<Value> = row.try_get("new_row")?;
-            let kind = match op.as_str() {
-                "INSERT" => ChangeKind::Insert,
-                "UPDATE" => ChangeKind::Update,
-                _ => ChangeKind::Delete,
-            };
-            let (old, new) = (into_map(old), into_map(new));
-            let info = self.catalog.info(&self.pool, &schema, &table, old.as_ref().or(new.as_ref())).await?;
-            let change = Change {
-                pos,
-                class: info.class.clone(),
-                kind,
-                old: old.map(|row| to_parse_object(&info, row)),
-                new: new.map(|row| to_parse_object(&info, row)),
-            };
+            let change = self.catalog.change(&self.pool, &row).await?;
             self.hub.publish(&change);
-            self.cursor = pos;
-            self.position.store(pos, Ordering::Release);
+            self.advance_to(change.pos);
         }
         Ok(count)
     }
-}
 
-fn into_map(value: Option<Value>) -> Option<Map<String, Value>> {
-    match value {
-        Some(Value::Object(map)) => Some(map),
-        _ => None,
+    fn advance_to(&mut self, pos: i64) {
+        self.cursor = pos;
+        self.position.store(pos, Ordering::Release);
     }
 }
 
-/// Table metadata, loaded from the catalog on first sight and again when a row shows a column
-/// the cached entry does not know (the table was altered).
-struct Catalog {
-    aliases: BTreeMap<String, String>,
-    tables: HashMap<(String, String), Arc<TableInfo>>,
+/// Retained changes, read for clients that resume from an older position.
+pub struct History {
+    pool: PgPool,
+    catalog: Mutex<Catalog>,
+    batch_size: u32,
 }
 
-impl Catalog {
-    fn new(aliases: BTreeMap<String, String>) -> Catalog {
-        Catalog { aliases, tables: HashMap::new() }
-    }
+/// One read of history, with the stream state it was read under (one snapshot).
+#[derive(Debug)]
+pub struct HistoryBatch {
+    pub epoch: Uuid,
+    /// Changes at or below the floor are gone.
+    pub floor: i64,
+    /// In position order, at most one batch.
+    pub changes: Vec<Change>,
+}
 
-    async fn info(
-        &mut self,
-        pool: &PgPool,
-        schema: &str,
-        table: &str,
-        sample: Option<&Map<String, Value>>,
-    ) -> Result<Arc<TableInfo>, sqlx::Error> {
-        let key = (schema.to_string(), table.to_string());
-        if let Some(info) = self.tables.get(&key) {
-            let known = sample.is_none_or(|row| row.keys().all(|c| info.columns.contains(c)));
-            if known {
-                return Ok(info.clone());
-            }
-        }
-        let mut info = self.load(pool, schema, table).await?;
-        // Columns the catalog no longer has (dropped since the change was captured) must not
-        // trigger a reload for every later row.
-        info.columns.extend(sample.into_iter().flat_map(|row| row.keys().cloned()));
-        let info = Arc::new(info);
-        self.tables.insert(key, info.clone());
-        Ok(info)
-    }
-
-    async fn load(&self, pool: &PgPool, schema: &str, table: &str) -> Result<TableInfo, sqlx::Error> {
-        let rows = sqlx::query(
-            "select a.attname::text as name, t.typname::text as type, \
-                    array_position(i.indkey::int2[], a.attnum) as pk_order \
-             from pg_attribute a \
-             join pg_type t on t.oid = a.atttypid \
-             left join pg_index i on i.indrelid = a.attrelid and i.indisprimary \
-             where a.attrelid = to_regclass(quote_ident($1) || '.' || quote_ident($2)) \
-               and a.attnum > 0 and not a.attisdropped \
-             order by a.attnum",
-        )
-        .bind(schema)
-        .bind(table)
-        .fetch_all(pool)
+impl History {
+    /// Changes with `after < pos <= upto`, at most one batch. The epoch and floor come from the
+    /// same statement, so if `floor <= after` the batch is complete however the pruner races.
+    pub async fn read(&self, after: i64, upto: i64) -> Result<HistoryBatch, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "select s.epoch::text as epoch, s.head, s.floor, c.* from livegate.stream s \
+             left join lateral (select {CHANGE_COLUMNS} from livegate.changes \
+                                where pos > $1 and pos <= $2 order by pos limit $3) c on true"
+        ))
+        .bind(after)
+        .bind(upto)
+        .bind(i64::from(self.batch_size))
+        .fetch_all(&self.pool)
         .await?;
-        let mut primary_key: Vec<(i32, String)> = Vec::new();
-        let mut date_columns = HashSet::new();
-        let mut columns = HashSet::new();
-        for row in rows {
-            let name: String = row.try_get("name")?;
-            let ty: String = row.try_get("type")?;
-            if let Some(order) = row.try_get::<Option<i32>, _>("pk_order")? {
-                primary_key.push((order, name.clone()));
+        let Some(first) = rows.first() else {
+            return Err(sqlx::Error::RowNotFound);
+        };
+        let stream = StreamState::from_row(first)?;
+        let mut catalog = self.catalog.lock().await;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<i64>, _>("pos")?.is_some() {
+                changes.push(catalog.change(&self.pool, row).await?);
             }
-            if matches!(ty.as_str(), "timestamp" | "timestamptz" | "date") {
-                date_columns.insert(name.clone());
-            }
-            columns.insert(name);
         }
-        primary_key.sort();
-        let class = self
-            .aliases
-            .get(&format!("{schema}.{table}"))
-            .or_else(|| if schema == "public" { self.aliases.get(table) } else { None })
-            .cloned()
-            .unwrap_or_else(|| table.to_string());
-        Ok(TableInfo {
-            class: class.into(),
-            primary_key: primary_key.into_iter().map(|(_, n)| n).collect(),
-            date_columns,
-            columns,
-        })
+        Ok(HistoryBatch { epoch: stream.epoch, floor: stream.floor, changes })
+    }
+}
+
+/// Deletes history outside retention every `prune_interval_ms`, one short transaction per batch.
+async fn prune(pool: PgPool, retention: HistoryConfig) {
+    if retention.max_age_secs == 0 && retention.max_changes == 0 {
+        return;
+    }
+    let max_age = (retention.max_age_secs > 0).then(|| format!("{} seconds", retention.max_age_secs));
+    let keep = (retention.max_changes > 0).then(|| i64::try_from(retention.max_changes).unwrap_or(i64::MAX));
+    let mut interval = tokio::time::interval(Duration::from_millis(retention.prune_interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        loop {
+            let deleted = sqlx::query_scalar::<_, i64>("select livegate.prune($1::interval, $2, $3)")
+                .bind(max_age.as_deref())
+                .bind(keep)
+                .bind(retention.prune_batch as i32)
+                .fetch_one(&pool)
+                .await;
+            match deleted {
+                Ok(n) if n >= i64::from(retention.prune_batch) => tokio::task::yield_now().await,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(deleted = n, "pruned history");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning history failed; retrying later");
+                    break;
+                }
+            }
+        }
     }
 }

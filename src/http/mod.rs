@@ -1,4 +1,5 @@
-//! The route table: a WebSocket upgrade on any path (as Parse accepts), `/health`, and JSON 404s.
+//! The route table: a WebSocket upgrade on any path (as Parse accepts), Server-Sent Events on
+//! `/events/{className}`, `/health`, and JSON 404s.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use actix_web::{guard, web, HttpResponse};
 use serde_json::json;
 
 use crate::hub::Hub;
-use crate::transport::ws;
+use crate::transport::{sse, ws};
 
 /// What the plain HTTP endpoints report.
 #[derive(Clone)]
@@ -18,6 +19,7 @@ pub struct HealthState {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/{any:.*}", web::get().guard(guard::fn_guard(|ctx| ws::is_upgrade(ctx.head()))).to(ws::upgrade))
+        .route("/events/{class}", web::get().to(sse::events))
         .route("/health", web::get().to(health))
         .default_service(web::to(not_found));
 }

@@ -5,6 +5,11 @@
 //! The hub never waits on a client: delivery is a non-blocking push into the connection's
 //! bounded [`Outbox`]. All state sits behind one lock; fan-out takes it shared, subscription
 //! changes exclusively and briefly.
+//!
+//! The hub also knows the stream [`Position`] it has published up to. A subscription is
+//! registered at a known position, atomically with respect to fan-out: everything after it is
+//! delivered live, so a catch-up that replays history up to that position leaves no gap and no
+//! duplicate (see [`crate::catchup`]).
 
 mod index;
 mod outbox;
@@ -15,12 +20,15 @@ pub use outbox::{Delivery, Outbox, Outgoing};
 use index::QueryIndex;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::{Map, Value};
 
+use uuid::Uuid;
+
 use crate::auth::{can_read, Identity, ReadAcl};
+use crate::position::{Gap, Position};
 use crate::protocol::{EventOp, RequestId};
 use crate::query::Query;
 
@@ -54,7 +62,7 @@ pub struct RowImage {
 /// An encoded event body shared by every recipient with the same projection.
 #[derive(Debug)]
 pub struct Payload {
-    pub pos: i64,
+    pub position: Position,
     pub object: String,
     pub original: Option<String>,
 }
@@ -71,12 +79,31 @@ pub struct Subscription {
     pub keys: Option<Arc<[String]>>,
     pub watch: Option<Arc<[String]>>,
     pub identity: Identity,
+    /// The client tracks positions: its events carry them and it is told about gaps.
+    pub positions: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscribeError {
     UnknownConnection,
-    TooManySubscriptions { limit: usize },
+    TooManySubscriptions {
+        limit: usize,
+    },
+    /// The hub has published past the requested position; catch up to this one and retry.
+    Moved(Position),
+    /// The reservation is gone: the client unsubscribed (or reconnected) while catching up.
+    Cancelled,
+}
+
+/// Where a new subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Live from the current position.
+    Now,
+    /// Live from the current position, taking up a [`Hub::reserve`]d requestId.
+    Reserved,
+    /// Taking up a reserved requestId, only if the hub stands exactly at this position.
+    At(Position),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,6 +118,7 @@ struct Member {
     keys: Option<Arc<[String]>>,
     watch: Option<Arc<[String]>>,
     identity: Identity,
+    positions: bool,
 }
 
 struct Group {
@@ -110,23 +138,57 @@ struct Connection {
     outbox: Outbox,
     /// requestId → (class, query key), to find the group again.
     subscriptions: HashMap<RequestId, (Arc<str>, String)>,
+    /// requestIds reserved by subscriptions that are still catching up.
+    reserved: std::collections::HashSet<RequestId>,
 }
 
 #[derive(Default)]
 struct State {
     classes: HashMap<Arc<str>, ClassQueries>,
     connections: HashMap<ConnectionId, Connection>,
+    epoch: Uuid,
 }
 
 pub struct Hub {
     state: RwLock<State>,
+    /// Offset of the last change fanned out; only moves while the state is read-locked by
+    /// `publish`, so a write-lock holder sees it steady.
+    published: AtomicI64,
     next_connection: AtomicU64,
     subscriptions_per_connection: usize,
 }
 
 impl Hub {
     pub fn new(subscriptions_per_connection: usize) -> Hub {
-        Hub { state: RwLock::default(), next_connection: AtomicU64::new(1), subscriptions_per_connection }
+        Hub {
+            state: RwLock::default(),
+            published: AtomicI64::new(0),
+            next_connection: AtomicU64::new(1),
+            subscriptions_per_connection,
+        }
+    }
+
+    /// Where the live stream stands: the last change fanned out.
+    pub fn position(&self) -> Position {
+        let state = self.read();
+        Position::new(state.epoch, self.published.load(Ordering::Acquire))
+    }
+
+    /// Sets the stream position the feed continues from. When the epoch changes (history was
+    /// lost) every subscriber that tracks positions is told, at the new position.
+    pub fn start_epoch(&self, at: Position) {
+        let mut state = self.write();
+        let changed = state.epoch != at.epoch && !state.epoch.is_nil();
+        state.epoch = at.epoch;
+        self.published.store(at.offset, Ordering::Release);
+        if !changed {
+            return;
+        }
+        for group in state.classes.values().flat_map(|c| c.groups.values()) {
+            for ((_, request_id), member) in group.members.iter().filter(|(_, m)| m.positions) {
+                member.outbox.push(Outgoing::Gap { request_id: request_id.clone(), gap: Gap::Reset, position: at });
+            }
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -141,26 +203,59 @@ impl Hub {
 
     pub fn register(&self, outbox: Outbox) -> ConnectionId {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        self.write().connections.insert(id, Connection { outbox, subscriptions: HashMap::new() });
+        let connection = Connection { outbox, subscriptions: HashMap::new(), reserved: Default::default() };
+        self.write().connections.insert(id, connection);
         id
     }
 
-    /// Adds (or replaces, for a reused requestId) a subscription, then queues `confirmation`
-    /// while still holding the lock, so it precedes every event of the subscription.
-    pub fn subscribe(
-        &self,
-        connection: ConnectionId,
-        request_id: RequestId,
-        subscription: Subscription,
-        confirmation: Outgoing,
-    ) -> Result<(), SubscribeError> {
+    /// Holds a requestId for a subscription that first catches up on history: it counts
+    /// against the connection's limit, replaces any subscription with that id, and can be
+    /// cancelled by [`Hub::unsubscribe`] until the subscription goes live.
+    pub fn reserve(&self, connection: ConnectionId, request_id: RequestId) -> Result<(), SubscribeError> {
         let mut state = self.write();
         let state = &mut *state;
         let conn = state.connections.get_mut(&connection).ok_or(SubscribeError::UnknownConnection)?;
         if let Some((class, key)) = conn.subscriptions.remove(&request_id) {
             remove_member(&mut state.classes, &class, &key, connection, &request_id);
         }
-        if conn.subscriptions.len() >= self.subscriptions_per_connection {
+        conn.reserved.remove(&request_id);
+        if conn.subscriptions.len() + conn.reserved.len() >= self.subscriptions_per_connection {
+            return Err(SubscribeError::TooManySubscriptions { limit: self.subscriptions_per_connection });
+        }
+        conn.reserved.insert(request_id);
+        Ok(())
+    }
+
+    /// Adds (or replaces, for a reused requestId) a subscription, then queues its confirmation
+    /// while still holding the lock, so the confirmation precedes every event of the
+    /// subscription. Returns the position it went live at: every change after it is delivered.
+    pub fn subscribe(
+        &self,
+        connection: ConnectionId,
+        request_id: RequestId,
+        subscription: Subscription,
+        start: Start,
+        confirmation: impl FnOnce(Position) -> Outgoing,
+    ) -> Result<Position, SubscribeError> {
+        let mut state = self.write();
+        let state = &mut *state;
+        let live = Position::new(state.epoch, self.published.load(Ordering::Acquire));
+        let conn = state.connections.get_mut(&connection).ok_or(SubscribeError::UnknownConnection)?;
+        match start {
+            Start::Now => {}
+            Start::Reserved | Start::At(_) if !conn.reserved.contains(&request_id) => {
+                return Err(SubscribeError::Cancelled)
+            }
+            Start::At(at) if at != live => return Err(SubscribeError::Moved(live)),
+            Start::Reserved | Start::At(_) => {
+                conn.reserved.remove(&request_id);
+            }
+        }
+        if let Some((class, key)) = conn.subscriptions.remove(&request_id) {
+            remove_member(&mut state.classes, &class, &key, connection, &request_id);
+        }
+        conn.reserved.remove(&request_id);
+        if conn.subscriptions.len() + conn.reserved.len() >= self.subscriptions_per_connection {
             return Err(SubscribeError::TooManySubscriptions { limit: self.subscriptions_per_connection });
         }
         let outbox = conn.outbox.clone();
@@ -178,21 +273,23 @@ impl Hub {
             keys: subscription.keys,
             watch: subscription.watch,
             identity: subscription.identity,
+            positions: subscription.positions,
         };
         group.members.insert((connection, request_id), member);
-        outbox.push(confirmation);
-        Ok(())
+        outbox.push(confirmation(live));
+        Ok(live)
     }
 
-    /// Removes one subscription; false when the connection has no such requestId.
+    /// Removes one subscription (or cancels its reservation); false when the connection has no
+    /// such requestId.
     pub fn unsubscribe(&self, connection: ConnectionId, request_id: &RequestId) -> bool {
         let mut state = self.write();
         let state = &mut *state;
-        let Some((class, key)) =
-            state.connections.get_mut(&connection).and_then(|c| c.subscriptions.remove(request_id))
-        else {
-            return false;
-        };
+        let Some(conn) = state.connections.get_mut(&connection) else { return false };
+        if conn.reserved.remove(request_id) {
+            return true;
+        }
+        let Some((class, key)) = conn.subscriptions.remove(request_id) else { return false };
         remove_member(&mut state.classes, &class, &key, connection, request_id);
         true
     }
@@ -202,6 +299,7 @@ impl Hub {
         let mut state = self.write();
         let state = &mut *state;
         let Some(conn) = state.connections.get_mut(&connection) else { return };
+        conn.reserved.clear();
         for (request_id, (class, key)) in conn.subscriptions.drain() {
             remove_member(&mut state.classes, &class, &key, connection, &request_id);
         }
@@ -226,35 +324,123 @@ impl Hub {
     /// Fans one change out to every subscriber it concerns.
     pub fn publish(&self, change: &Change) {
         let state = self.read();
-        let Some(class) = state.classes.get(&change.class) else { return };
-        let images: Vec<&Map<String, Value>> = change.old.iter().chain(&change.new).map(|i| &i.object).collect();
-        let mut payloads = PayloadCache::new(change);
-        for key in class.index.candidates(&images) {
-            let Some(group) = class.groups.get(key) else { continue };
-            let old_matches = change.old.as_ref().is_some_and(|o| group.query.matches(&o.object));
-            let new_matches = change.new.as_ref().is_some_and(|n| group.query.matches(&n.object));
-            if !old_matches && !new_matches {
-                continue;
-            }
-            for ((_, request_id), member) in &group.members {
-                if member.outbox.is_closed() {
+        if let Some(class) = state.classes.get(&change.class) {
+            let images: Vec<&Map<String, Value>> = change.old.iter().chain(&change.new).map(|i| &i.object).collect();
+            let mut payloads = PayloadCache::new(change, Position::new(state.epoch, change.pos));
+            for key in class.index.candidates(&images) {
+                let Some(group) = class.groups.get(key) else { continue };
+                let matches = Matches::of(&group.query, change);
+                if !matches.any() {
                     continue;
                 }
-                let old_visible =
-                    old_matches && change.old.as_ref().is_some_and(|o| can_read(o.acl.as_ref(), &member.identity));
-                let new_visible =
-                    new_matches && change.new.as_ref().is_some_and(|n| can_read(n.acl.as_ref(), &member.identity));
-                let Some(op) = decide(change.kind, old_visible, new_visible) else { continue };
-                if matches!(op, EventOp::Create | EventOp::Update)
-                    && !watched_field_changed(member.watch.as_deref(), change)
-                {
-                    continue;
+                for ((_, request_id), member) in &group.members {
+                    if member.outbox.is_closed() {
+                        continue;
+                    }
+                    let Some(shape) = shape(change, matches, &member.identity, member.watch.as_deref()) else {
+                        continue;
+                    };
+                    let payload = payloads.get(shape, member.keys.as_ref());
+                    member.outbox.push(Outgoing::Event(Delivery {
+                        op: shape.op(),
+                        request_id: request_id.clone(),
+                        payload,
+                        positioned: member.positions,
+                    }));
                 }
-                let payload = payloads.get(op, member.keys.as_ref());
-                member.outbox.push(Outgoing::Event(Delivery { op, request_id: request_id.clone(), payload }));
             }
         }
+        // Still under the read lock: a subscriber registering at this position sees every
+        // change up to it already fanned out, and none after it.
+        self.published.store(change.pos, Ordering::Release);
     }
+}
+
+/// The event one historical change makes for one subscription, as live fan-out would have made
+/// it (used to replay missed changes).
+pub fn replay(subscription: &Subscription, request_id: &RequestId, change: &Change, epoch: Uuid) -> Option<Delivery> {
+    if change.class != subscription.class {
+        return None;
+    }
+    let matches = Matches::of(&subscription.query, change);
+    if !matches.any() {
+        return None;
+    }
+    let shape = shape(change, matches, &subscription.identity, subscription.watch.as_deref())?;
+    let payload = PayloadCache::new(change, Position::new(epoch, change.pos)).get(shape, subscription.keys.as_ref());
+    Some(Delivery { op: shape.op(), request_id: request_id.clone(), payload, positioned: subscription.positions })
+}
+
+/// Whether a query matches the old and the new image of a change.
+#[derive(Debug, Clone, Copy)]
+struct Matches {
+    old: bool,
+    new: bool,
+}
+
+impl Matches {
+    fn of(query: &Query, change: &Change) -> Matches {
+        Matches {
+            old: change.old.as_ref().is_some_and(|o| query.matches(&o.object)),
+            new: change.new.as_ref().is_some_and(|n| query.matches(&n.object)),
+        }
+    }
+
+    fn any(self) -> bool {
+        self.old || self.new
+    }
+}
+
+/// The event a subscriber gets, finer than the wire op: Parse 2026 sends a different body when
+/// read access (not the query) decided an enter or a leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Create,
+    Update,
+    Delete,
+    Enter,
+    Leave,
+    /// Entered because read access was granted: no `original` (it was not readable).
+    EnterGranted,
+    /// Left because read access was lost: `object` is the last state the subscriber could read.
+    LeaveRevoked,
+}
+
+impl Shape {
+    fn op(self) -> EventOp {
+        match self {
+            Shape::Create => EventOp::Create,
+            Shape::Update => EventOp::Update,
+            Shape::Delete => EventOp::Delete,
+            Shape::Enter | Shape::EnterGranted => EventOp::Enter,
+            Shape::Leave | Shape::LeaveRevoked => EventOp::Leave,
+        }
+    }
+}
+
+/// Parse's decision table (§3.2) for one subscriber: an image is visible when it matches the
+/// query and the subscriber may read it; `watch` filters creates and updates.
+fn shape(change: &Change, matches: Matches, identity: &Identity, watch: Option<&[String]>) -> Option<Shape> {
+    let readable = |image: &Option<RowImage>| image.as_ref().is_some_and(|i| can_read(i.acl.as_ref(), identity));
+    let (old_readable, new_readable) = (readable(&change.old), readable(&change.new));
+    let old_visible = matches.old && old_readable;
+    let new_visible = matches.new && new_readable;
+    let shape = match change.kind {
+        ChangeKind::Delete => old_visible.then_some(Shape::Delete)?,
+        ChangeKind::Insert => new_visible.then_some(Shape::Create)?,
+        ChangeKind::Update => match (old_visible, new_visible) {
+            (true, true) => Shape::Update,
+            (true, false) if matches.new => Shape::LeaveRevoked,
+            (true, false) => Shape::Leave,
+            (false, true) if matches.old => Shape::EnterGranted,
+            (false, true) => Shape::Enter,
+            (false, false) => return None,
+        },
+    };
+    if matches!(shape, Shape::Create | Shape::Update) && !watched_field_changed(watch, change) {
+        return None;
+    }
+    Some(shape)
 }
 
 fn remove_member(
@@ -274,20 +460,6 @@ fn remove_member(
     }
     if queries.groups.is_empty() {
         classes.remove(class);
-    }
-}
-
-/// Parse's decision table (§3.2), with readability already folded into "matches".
-fn decide(kind: ChangeKind, old_visible: bool, new_visible: bool) -> Option<EventOp> {
-    match kind {
-        ChangeKind::Delete => old_visible.then_some(EventOp::Delete),
-        ChangeKind::Insert => new_visible.then_some(EventOp::Create),
-        ChangeKind::Update => match (old_visible, new_visible) {
-            (true, true) => Some(EventOp::Update),
-            (true, false) => Some(EventOp::Leave),
-            (false, true) => Some(EventOp::Enter),
-            (false, false) => None,
-        },
     }
 }
 
@@ -330,34 +502,38 @@ type Projection = Option<Arc<[String]>>;
 /// event shape and projection.
 struct PayloadCache<'a> {
     change: &'a Change,
-    entries: Vec<(EventOp, Projection, Arc<Payload>)>,
+    position: Position,
+    entries: Vec<(Shape, Projection, Arc<Payload>)>,
 }
 
 impl<'a> PayloadCache<'a> {
-    fn new(change: &'a Change) -> Self {
-        PayloadCache { change, entries: Vec::new() }
+    fn new(change: &'a Change, position: Position) -> Self {
+        PayloadCache { change, position, entries: Vec::new() }
     }
 
-    fn get(&mut self, op: EventOp, keys: Option<&Arc<[String]>>) -> Arc<Payload> {
+    fn get(&mut self, shape: Shape, keys: Option<&Arc<[String]>>) -> Arc<Payload> {
         let same_keys = |k: &Projection| match (k, keys) {
             (None, None) => true,
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             _ => false,
         };
-        if let Some((_, _, payload)) = self.entries.iter().find(|(o, k, _)| *o == op && same_keys(k)) {
+        if let Some((_, _, payload)) = self.entries.iter().find(|(s, k, _)| *s == shape && same_keys(k)) {
             return payload.clone();
         }
-        let (object, original) = match op {
-            EventOp::Create => (self.change.new.as_ref(), None),
-            EventOp::Delete => (self.change.old.as_ref(), None),
-            EventOp::Enter | EventOp::Update | EventOp::Leave => (self.change.new.as_ref(), self.change.old.as_ref()),
+        let (old, new) = (self.change.old.as_ref(), self.change.new.as_ref());
+        let (object, original) = match shape {
+            Shape::Create => (new, None),
+            Shape::Delete => (old, None),
+            Shape::EnterGranted => (new, None),
+            Shape::LeaveRevoked => (old, old),
+            Shape::Enter | Shape::Update | Shape::Leave => (new, old),
         };
         let payload = Arc::new(Payload {
-            pos: self.change.pos,
+            position: self.position,
             object: object.map(|o| encode(&o.object, keys)).unwrap_or_else(|| "{}".into()),
             original: original.map(|o| encode(&o.object, keys)),
         });
-        self.entries.push((op, keys.cloned(), payload.clone()));
+        self.entries.push((shape, keys.cloned(), payload.clone()));
         payload
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use super::Payload;
+use crate::position::{Gap, Position};
 use crate::protocol::{EventOp, RequestId};
 
 /// What a connection's transport receives.
@@ -17,6 +18,9 @@ pub enum Outgoing {
     Text(String),
     /// A data event for one subscription; the transport frames it.
     Event(Delivery),
+    /// A subscription's history has a hole: the client must refetch, then continues live from
+    /// `position`.
+    Gap { request_id: RequestId, gap: Gap, position: Position },
 }
 
 #[derive(Debug, Clone)]
@@ -24,6 +28,8 @@ pub struct Delivery {
     pub op: EventOp,
     pub request_id: RequestId,
     pub payload: Arc<Payload>,
+    /// The subscriber tracks positions: frame the event with its position.
+    pub positioned: bool,
 }
 
 #[derive(Debug)]
@@ -58,6 +64,18 @@ impl Outbox {
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues `item`, waiting while the queue is full (for catch-up, which may outpace the
+    /// client but must not drop it). Returns false when the connection is gone.
+    pub async fn send(&self, item: Outgoing) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        tokio::select! {
+            sent = self.tx.send(item) => sent.is_ok(),
+            _ = self.closed() => false,
         }
     }
 

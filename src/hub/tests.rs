@@ -18,6 +18,7 @@ fn subscription(where_: Value, keys: Option<&[&str]>, watch: Option<&[&str]>) ->
         keys: keys.map(|k| k.iter().map(|s| s.to_string()).collect()),
         watch: watch.map(|k| k.iter().map(|s| s.to_string()).collect()),
         identity: Identity::default(),
+        positions: false,
     }
 }
 
@@ -35,7 +36,7 @@ fn connect(hub: &Hub, capacity: usize) -> (ConnectionId, Receiver<Outgoing>) {
 }
 
 fn subscribe(hub: &Hub, conn: ConnectionId, id: i64, sub: Subscription) {
-    hub.subscribe(conn, RequestId::from(id), sub, Outgoing::Text("subscribed".into())).unwrap();
+    hub.subscribe(conn, RequestId::from(id), sub, Start::Now, |_| Outgoing::Text("subscribed".into())).unwrap();
 }
 
 /// Every event delivered so far, as (op, requestId, object, original).
@@ -179,8 +180,9 @@ fn unsubscribe_replace_and_disconnect_leave_nothing_behind() {
         "reused requestId replaces"
     );
     subscribe(&hub, conn, 2, subscription(json!({"a": 3}), None, None));
-    let refused =
-        hub.subscribe(conn, RequestId::from(3), subscription(json!({}), None, None), Outgoing::Text(String::new()));
+    let refused = hub.subscribe(conn, RequestId::from(3), subscription(json!({}), None, None), Start::Now, |_| {
+        Outgoing::Text(String::new())
+    });
     assert_eq!(refused, Err(SubscribeError::TooManySubscriptions { limit: 2 }));
     assert!(hub.unsubscribe(conn, &RequestId::from(2)));
     assert!(!hub.unsubscribe(conn, &RequestId::from(2)));
@@ -228,7 +230,13 @@ fn indexed_fan_out_equals_brute_force() {
         let mut expected: Vec<(String, EventOp)> = queries
             .iter()
             .filter_map(|(id, q)| {
-                decide(ChangeKind::Update, q.matches(&o), q.matches(&n)).map(|op| (id.to_string(), op))
+                let op = match (q.matches(&o), q.matches(&n)) {
+                    (true, true) => EventOp::Update,
+                    (true, false) => EventOp::Leave,
+                    (false, true) => EventOp::Enter,
+                    (false, false) => return None,
+                };
+                Some((id.to_string(), op))
             })
             .collect();
         while rx.try_recv().is_ok() {}

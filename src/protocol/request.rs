@@ -43,6 +43,8 @@ pub struct Subscribe {
     pub keys: Option<Vec<String>>,
     pub watch: Option<Vec<String>>,
     pub session_token: Option<String>,
+    /// Resume extension: a position string, or `"now"` to get positions without resuming.
+    pub since: Option<String>,
 }
 
 /// What one incoming text frame amounts to.
@@ -119,6 +121,8 @@ const SUBSCRIBE: Schema = Schema::Object {
         ("requestId", Schema::Number),
         ("query", QUERY),
         ("sessionToken", Schema::String),
+        // livegate's resume extension: a position to resume from, or "now" (positions only).
+        ("since", Schema::String),
     ],
     closed: true,
 };
@@ -245,6 +249,7 @@ fn subscribe_from(map: &Map<String, Value>) -> Subscribe {
         keys: strings("keys"),
         watch: strings("watch"),
         session_token: map.get("sessionToken").and_then(Value::as_str).map(str::to_string),
+        since: map.get("since").and_then(Value::as_str).map(str::to_string),
     }
 }
 

@@ -1,6 +1,9 @@
 //! Server → client frames, byte for byte as Parse's `Client._pushEvent` builds them: keys in
 //! the order `op, clientId, installationId, requestId, object, original` (absent when unset);
 //! errors as `op, error, code, reconnect, requestId` with `requestId: null` when there is none.
+//!
+//! The resume extension adds a trailing `position` to events and to `subscribed`, and a `gap`
+//! frame, only for subscriptions that asked for them with `since`; Parse SDKs never see them.
 
 use std::fmt::Write;
 
@@ -11,7 +14,15 @@ use super::RequestId;
 pub enum Reply<'a> {
     Connected,
     Subscribed(&'a RequestId),
+    /// `subscribed` for a subscription that tracks positions: live from `position`.
+    SubscribedAt(&'a RequestId, &'a str),
     Unsubscribed(&'a RequestId),
+    /// History between the client's position and `position` cannot be replayed: refetch.
+    Gap {
+        request_id: &'a RequestId,
+        reason: &'a str,
+        position: &'a str,
+    },
 }
 
 /// The data events of §3 of the protocol study.
@@ -56,6 +67,11 @@ fn push_request_id(out: &mut String, request_id: &RequestId) {
     let _ = write!(out, ",\"requestId\":{}", request_id.as_number());
 }
 
+fn push_position(out: &mut String, position: &str) {
+    out.push_str(",\"position\":");
+    push_str(out, position);
+}
+
 pub fn encode_reply(reply: &Reply<'_>, client_id: &str, installation_id: Option<&str>) -> String {
     let mut out = String::with_capacity(96);
     match reply {
@@ -64,9 +80,21 @@ pub fn encode_reply(reply: &Reply<'_>, client_id: &str, installation_id: Option<
             head(&mut out, "subscribed", client_id, installation_id);
             push_request_id(&mut out, id);
         }
+        Reply::SubscribedAt(id, position) => {
+            head(&mut out, "subscribed", client_id, installation_id);
+            push_request_id(&mut out, id);
+            push_position(&mut out, position);
+        }
         Reply::Unsubscribed(id) => {
             head(&mut out, "unsubscribed", client_id, installation_id);
             push_request_id(&mut out, id);
+        }
+        Reply::Gap { request_id, reason, position } => {
+            head(&mut out, "gap", client_id, installation_id);
+            push_request_id(&mut out, request_id);
+            out.push_str(",\"reason\":");
+            push_str(&mut out, reason);
+            push_position(&mut out, position);
         }
     }
     out.push('}');
@@ -96,6 +124,7 @@ pub fn encode_event(
     request_id: &RequestId,
     object: &str,
     original: Option<&str>,
+    position: Option<&str>,
 ) -> String {
     let mut out = String::with_capacity(96 + object.len() + original.map_or(0, str::len));
     head(&mut out, op.as_str(), client_id, installation_id);
@@ -105,6 +134,9 @@ pub fn encode_event(
     if let Some(original) = original {
         out.push_str(",\"original\":");
         out.push_str(original);
+    }
+    if let Some(position) = position {
+        push_position(&mut out, position);
     }
     out.push('}');
     out
@@ -135,12 +167,24 @@ mod tests {
             r#"{"op":"error","error":"bad \"q\"","code":102,"reconnect":false,"requestId":3}"#
         );
         assert_eq!(
-            encode_event(EventOp::Update, "c1", None, &id, r#"{"a":1}"#, Some(r#"{"a":0}"#)),
+            encode_event(EventOp::Update, "c1", None, &id, r#"{"a":1}"#, Some(r#"{"a":0}"#), None),
             r#"{"op":"update","clientId":"c1","requestId":3,"object":{"a":1},"original":{"a":0}}"#
         );
         assert_eq!(
-            encode_event(EventOp::Create, "c1", Some("i"), &id, "{}", None),
+            encode_event(EventOp::Create, "c1", Some("i"), &id, "{}", None, None),
             r#"{"op":"create","clientId":"c1","installationId":"i","requestId":3,"object":{}}"#
+        );
+        assert_eq!(
+            encode_event(EventOp::Create, "c1", None, &id, "{}", None, Some("5-ab")),
+            r#"{"op":"create","clientId":"c1","requestId":3,"object":{},"position":"5-ab"}"#
+        );
+        assert_eq!(
+            encode_reply(&Reply::SubscribedAt(&id, "5-ab"), "c1", None),
+            r#"{"op":"subscribed","clientId":"c1","requestId":3,"position":"5-ab"}"#
+        );
+        assert_eq!(
+            encode_reply(&Reply::Gap { request_id: &id, reason: "expired", position: "9-ab" }, "c1", None),
+            r#"{"op":"gap","clientId":"c1","requestId":3,"reason":"expired","position":"9-ab"}"#
         );
     }
 }

@@ -10,7 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use crate::hub::{Hub, Outbox, Outgoing};
+use crate::hub::{Hub, Outbox};
 use crate::session::{ParseSession, SessionSettings};
 
 /// Everything a WebSocket connection needs from the server.
@@ -77,11 +77,7 @@ async fn serve(mut socket: actix_ws::Session, mut stream: actix_ws::AggregatedMe
             },
             item = queue.recv() => {
                 let Some(item) = item else { break None };
-                let text = match item {
-                    Outgoing::Text(text) => Some(text),
-                    Outgoing::Event(delivery) => session.frame_event(&delivery),
-                };
-                let Some(text) = text else { continue };
+                let Some(text) = session.frame(item) else { continue };
                 // The socket's own buffer may be full too: keep watching for overflow meanwhile.
                 tokio::select! {
                     sent = socket.text(text) => if sent.is_err() { break None },

@@ -1,0 +1,287 @@
+//! Server-Sent Events for browsers: `GET /events/{className}` streams one live query to a plain
+//! `EventSource`, from the same hub as WebSocket clients.
+//!
+//! Parameters: `where` (JSON), `keys` and `watch` (comma-separated field names), `since` (a
+//! position to resume from on a first connect; a browser's `Last-Event-ID` header, sent by
+//! itself on reconnect, takes precedence). A bad request is refused before the stream starts:
+//! 400 with the JSON `{"code", "error"}` the WebSocket would give.
+//!
+//! The stream: a `retry:` hint; then, once the subscription is live (after any replay of
+//! missed changes), `event: subscribed` whose `id:` is the live position; data events
+//! (`create`/`enter`/`update`/`leave`/`delete`) with `id:` = their position and `data:` =
+//! `{"object":…,"original":…}`; `event: gap` when history cannot be replayed (refetch, then
+//! carry on); a comment every `keepalive` on an idle stream. A client too slow for its queue is
+//! cut off; the browser then reconnects and resumes from its last event.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+
+use crate::auth::Identity;
+use crate::catchup::{Catchup, Replies, Resume};
+use crate::hub::{ConnectionId, Delivery, Hub, IndexEntry, Outbox, Outgoing, Start, Subscription};
+use crate::position::Position;
+use crate::protocol::{code, RequestId};
+use crate::query::{canonical_key, Query, QueryLimits};
+
+/// Everything an SSE stream needs from the server.
+#[derive(Clone)]
+pub struct SseSettings {
+    pub hub: Arc<Hub>,
+    pub catchup: Arc<Catchup>,
+    pub query_limits: QueryLimits,
+    pub keepalive: Duration,
+    pub retry: Duration,
+    pub send_queue: usize,
+}
+
+/// The URL parameters; unknown ones are refused so that a typo never widens a query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(rename = "where")]
+    where_: Option<String>,
+    keys: Option<String>,
+    watch: Option<String>,
+    since: Option<String>,
+}
+
+/// A refusal before the stream starts, with the code the WebSocket protocol would use.
+struct Refusal {
+    status: StatusCode,
+    code: i64,
+    message: String,
+}
+
+impl Refusal {
+    fn bad_request(code: i64, message: impl Into<String>) -> Refusal {
+        Refusal { status: StatusCode::BAD_REQUEST, code, message: message.into() }
+    }
+
+    fn response(self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({"code": self.code, "error": self.message}))
+    }
+}
+
+/// What a valid request asks for.
+struct Request {
+    subscription: Subscription,
+    since: Option<Position>,
+}
+
+pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::Data<SseSettings>) -> HttpResponse {
+    match parse(&req, class.into_inner(), &settings) {
+        Ok(request) => stream(request, settings.get_ref().clone()),
+        Err(refusal) => refusal.response(),
+    }
+}
+
+fn parse(req: &HttpRequest, class: String, settings: &SseSettings) -> Result<Request, Refusal> {
+    let params = web::Query::<Params>::from_query(req.query_string())
+        .map_err(|e| Refusal::bad_request(code::SCHEMA, format!("invalid parameters: {e}")))?
+        .into_inner();
+    if class.is_empty() {
+        return Err(Refusal::bad_request(code::SCHEMA, "the class name is empty"));
+    }
+    let where_: Map<String, Value> = match params.where_.as_deref() {
+        None | Some("") => Map::new(),
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err(Refusal::bad_request(code::SCHEMA, "Invalid type: where must be a JSON object")),
+            Err(e) => return Err(Refusal::bad_request(code::SCHEMA, format!("where is not valid JSON: {e}"))),
+        },
+    };
+    let query =
+        Query::compile(&where_, settings.query_limits).map_err(|e| Refusal::bad_request(code::INVALID_QUERY, e.0))?;
+    let keys = field_list("keys", params.keys.as_deref())?;
+    let watch = field_list("watch", params.watch.as_deref())?;
+    let last_event_id = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    let since = match last_event_id.or(params.since.as_deref()) {
+        None | Some("now") => None,
+        Some(text) => {
+            Some(text.parse::<Position>().map_err(|e| Refusal::bad_request(code::SCHEMA, format!("since: {e}")))?)
+        }
+    };
+    let subscription = Subscription {
+        key: canonical_key(&class, &where_),
+        index: IndexEntry::of(&where_),
+        class: class.into(),
+        query: Arc::new(query),
+        keys,
+        watch,
+        identity: Identity::default(),
+        positions: true,
+    };
+    Ok(Request { subscription, since })
+}
+
+/// `a,b,c` → field names; empty items and repeats are refused, as the WebSocket schema does.
+fn field_list(name: &str, value: Option<&str>) -> Result<Option<Arc<[String]>>, Refusal> {
+    let Some(value) = value else { return Ok(None) };
+    let mut seen = HashSet::new();
+    let mut fields = Vec::new();
+    for field in value.split(',').map(str::trim) {
+        if field.is_empty() {
+            return Err(Refusal::bad_request(code::SCHEMA, format!("{name}: empty field name")));
+        }
+        if !seen.insert(field) {
+            return Err(Refusal::bad_request(code::SCHEMA, format!("{name}: {field} is listed twice")));
+        }
+        fields.push(field.to_string());
+    }
+    Ok(Some(fields.into()))
+}
+
+/// The one subscription of an SSE stream.
+fn request_id() -> RequestId {
+    RequestId::from(1)
+}
+
+fn stream(request: Request, settings: SseSettings) -> HttpResponse {
+    let (outbox, queue) = Outbox::new(settings.send_queue);
+    let connection = settings.hub.register(outbox.clone());
+    let mut guard = Registration { hub: settings.hub.clone(), connection, catchup: None };
+    let subscribed = |position: Position| {
+        Outgoing::Text(format!("event: subscribed\nid: {position}\ndata: {{\"position\":\"{position}\"}}\n\n"))
+    };
+    match request.since {
+        None => {
+            // Registered before the response starts: no change after the first byte is missed.
+            if let Err(e) =
+                settings.hub.subscribe(connection, request_id(), request.subscription, Start::Now, subscribed)
+            {
+                tracing::warn!(error = ?e, "an SSE subscription was refused");
+                return Refusal {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: 1,
+                    message: "cannot subscribe".into(),
+                }
+                .response();
+            }
+        }
+        Some(since) => {
+            let resume = Resume {
+                connection,
+                request_id: request_id(),
+                subscription: request.subscription,
+                since,
+                outbox: outbox.clone(),
+                replies: Replies { subscribed: Box::new(subscribed), refused: Box::new(|_| None) },
+            };
+            match settings.catchup.start(resume) {
+                Ok(task) => guard.catchup = Some(task),
+                Err(e) => {
+                    tracing::warn!(error = ?e, "an SSE resume was refused");
+                    return Refusal {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        code: 1,
+                        message: "cannot subscribe".into(),
+                    }
+                    .response();
+                }
+            }
+        }
+    }
+    let mut keepalive = interval_at(Instant::now() + settings.keepalive, settings.keepalive);
+    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let first = Bytes::from(format!("retry: {}\n\n", settings.retry.as_millis()));
+    let state = Stream { first: Some(first), queue, outbox, keepalive, _registration: guard, ended: false };
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache, no-transform"))
+        // nginx and similar proxies buffer responses unless told not to.
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(futures_util::stream::unfold(state, Stream::next))
+}
+
+/// Leaves the hub when the stream is dropped (the client went away or was cut off).
+struct Registration {
+    hub: Arc<Hub>,
+    connection: ConnectionId,
+    catchup: Option<AbortHandle>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(task) = &self.catchup {
+            task.abort();
+        }
+        self.hub.disconnect(self.connection);
+    }
+}
+
+struct Stream {
+    first: Option<Bytes>,
+    queue: mpsc::Receiver<Outgoing>,
+    outbox: Outbox,
+    keepalive: Interval,
+    _registration: Registration,
+    ended: bool,
+}
+
+impl Stream {
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Stream)> {
+        if let Some(first) = self.first.take() {
+            return Some((Ok(first), self));
+        }
+        if self.ended {
+            return None;
+        }
+        let text = tokio::select! {
+            biased;
+            _ = self.outbox.closed() => {
+                self.ended = true;
+                frame_error(code::LIMIT_EXCEEDED, "send queue full: client too slow; reconnect to resume")
+            }
+            item = self.queue.recv() => match item {
+                Some(item) => frame(item),
+                None => return None,
+            },
+            _ = self.keepalive.tick() => ": keep-alive\n\n".to_string(),
+        };
+        self.keepalive.reset();
+        Some((Ok(Bytes::from(text)), self))
+    }
+}
+
+fn frame(item: Outgoing) -> String {
+    match item {
+        Outgoing::Text(text) => text,
+        Outgoing::Event(Delivery { op, payload, .. }) => {
+            let mut out =
+                String::with_capacity(64 + payload.object.len() + payload.original.as_ref().map_or(0, String::len));
+            out.push_str("event: ");
+            out.push_str(op.as_str());
+            out.push_str("\nid: ");
+            out.push_str(&payload.position.to_string());
+            out.push_str("\ndata: {\"object\":");
+            out.push_str(&payload.object);
+            if let Some(original) = &payload.original {
+                out.push_str(",\"original\":");
+                out.push_str(original);
+            }
+            out.push_str("}\n\n");
+            out
+        }
+        Outgoing::Gap { gap, position, .. } => {
+            format!(
+                "event: gap\nid: {position}\ndata: {{\"reason\":\"{}\",\"position\":\"{position}\"}}\n\n",
+                gap.as_str()
+            )
+        }
+    }
+}
+
+fn frame_error(code: i64, message: &str) -> String {
+    format!("event: error\ndata: {}\n\n", json!({"code": code, "error": message}))
+}
