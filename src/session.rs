@@ -5,6 +5,7 @@
 //! The resume extension (`since` on subscribe) hands the subscription to [`Catchup`], which
 //! replays missed changes on a task of its own and then registers it in the hub.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::task::AbortHandle;
@@ -39,14 +40,15 @@ pub struct ParseSession {
     connection: ConnectionId,
     outbox: Outbox,
     client: Option<Client>,
-    /// Catch-up tasks started by this session, stopped when it ends.
-    catchups: Vec<AbortHandle>,
+    /// Catch-up tasks started by this session, by requestId; stopped when it ends or the
+    /// subscription is replaced or removed.
+    catchups: HashMap<RequestId, AbortHandle>,
 }
 
 impl ParseSession {
     pub fn new(hub: Arc<Hub>, settings: Arc<SessionSettings>, outbox: Outbox) -> ParseSession {
         let connection = hub.register(outbox.clone());
-        ParseSession { hub, settings, connection, outbox, client: None, catchups: Vec::new() }
+        ParseSession { hub, settings, connection, outbox, client: None, catchups: HashMap::new() }
     }
 
     /// Handles one text frame.
@@ -131,6 +133,7 @@ impl ParseSession {
                 let Some(client) = self.client.clone() else {
                     return self.not_connected("unsubscribing");
                 };
+                self.stop_catchup(&request_id);
                 if self.hub.unsubscribe(self.connection, &request_id) {
                     self.push_reply(&client, &Reply::Unsubscribed(&request_id));
                 } else {
@@ -142,6 +145,8 @@ impl ParseSession {
 
     fn subscribe(&mut self, request: Subscribe) {
         let Some(client) = self.client.clone() else { return };
+        // A reused requestId replaces the subscription, including one still catching up.
+        self.stop_catchup(&request.request_id);
         let query = match Query::compile(&request.where_, self.settings.query_limits) {
             Ok(query) => query,
             Err(e) => return self.error(code::INVALID_QUERY, &e.0, false, Some(&request.request_id)),
@@ -196,8 +201,8 @@ impl ParseSession {
                     replies: Replies { subscribed: Box::new(subscribed), refused: Box::new(refused) },
                 };
                 catchup.start(resume).map(|task| {
-                    self.catchups.retain(|t| !t.is_finished());
-                    self.catchups.push(task);
+                    self.catchups.retain(|_, t| !t.is_finished());
+                    self.catchups.insert(request_id.clone(), task);
                 })
             }
             (Some(_), None) => {
@@ -212,7 +217,13 @@ impl ParseSession {
     }
 
     fn stop_catchups(&mut self) {
-        for task in self.catchups.drain(..) {
+        for (_, task) in self.catchups.drain() {
+            task.abort();
+        }
+    }
+
+    fn stop_catchup(&mut self, request_id: &RequestId) {
+        if let Some(task) = self.catchups.remove(request_id) {
             task.abort();
         }
     }

@@ -4,5 +4,6 @@
 mod feed;
 mod parse_sdk;
 mod queries;
+mod resume;
 mod support;
 mod websocket;

@@ -1,5 +1,7 @@
 //! Test harness: a fresh database per test, the real app on port 0, real WebSocket clients.
 
+pub mod sse;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -99,13 +101,7 @@ impl TestApp {
         if std::env::var_os("RUST_LOG").is_some() {
             livegate::telemetry::init();
         }
-        let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.server.workers = 1;
-        config.database.url = db.url.clone();
-        config.feed.poll_interval_ms = 200;
-        config.feed.reconnect_min_ms = 20;
-        config.feed.reconnect_max_ms = 200;
+        let mut config = test_config(&db.url);
         configure(&mut config);
         let app = Application::build(config).await.expect("the app starts");
         let port = app.port();
@@ -140,6 +136,23 @@ impl TestApp {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("health body {body:?}: {e}"))
     }
 
+    /// Waits until the gateway has fanned out every change committed so far.
+    pub async fn wait_until_published(&self) {
+        for _ in 0..200 {
+            let (head, unsequenced): (i64, i64) = sqlx::query_as(
+                "select coalesce(max(pos), 0), count(*) filter (where pos is null) from livegate.changes",
+            )
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap();
+            if unsequenced == 0 && self.health().await["feedPosition"] == head {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the gateway did not catch up with the change table");
+    }
+
     /// Waits until `/health` satisfies `ready`, or panics after a few seconds.
     pub async fn wait_for_health(&self, ready: impl Fn(&Value) -> bool) -> Value {
         for _ in 0..100 {
@@ -151,6 +164,35 @@ impl TestApp {
         }
         panic!("health never became ready: {}", self.health().await);
     }
+}
+
+impl TestApp {
+    /// Stops the gateway abruptly (open streams are cut); the database stays.
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+
+    /// Starts a gateway again on the same database and port, with the default test config.
+    pub async fn restart(&mut self) {
+        let mut config = test_config(&self.db.url);
+        config.feed.tables = vec!["messages".into()];
+        config.server.listen = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let app = Application::build(config).await.expect("the app restarts");
+        self.handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+    }
+}
+
+/// The configuration tests start from: port 0, one worker, quick polling and reconnects.
+pub fn test_config(database_url: &str) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.workers = 1;
+    config.database.url = database_url.to_string();
+    config.feed.poll_interval_ms = 200;
+    config.feed.reconnect_min_ms = 20;
+    config.feed.reconnect_max_ms = 200;
+    config
 }
 
 impl Drop for TestApp {
