@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support::sse::{encode, free_port, GatewayProcess, SseClient, SseEvent};
-use crate::support::{TestApp, TestDb, WsClient, MESSAGES, PATIENCE};
+use crate::support::{TestApp, TestDb, MESSAGES, PATIENCE};
 
 fn position_offset(id: &str) -> i64 {
     id.split('-').next().unwrap().parse().unwrap()
