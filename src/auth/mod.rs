@@ -6,6 +6,8 @@ use serde_json::Value;
 use crate::config::KeyPairs;
 use crate::protocol::ClientKeys;
 
+pub mod jwt;
+
 /// The identity a subscription is evaluated with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
