@@ -1,4 +1,7 @@
-//! The route table: a WebSocket upgrade on any path (as Parse accepts), `/health`, and JSON 404s.
+//! The route table: a WebSocket upgrade on any path (as Parse accepts), `/health`, and JSON 404s;
+//! [`cors`]: which browser origins may use them.
+
+pub mod cors;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
