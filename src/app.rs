@@ -12,6 +12,7 @@ use crate::catchup::Catchup;
 use crate::config::Config;
 use crate::database::{self, DatabaseError};
 use crate::feed::{self, Feed};
+use crate::http::cors::{self, OriginPolicy};
 use crate::http::{self, HealthState};
 use crate::hub::Hub;
 use crate::session::SessionSettings;
@@ -59,6 +60,10 @@ impl Application {
         let listener = TcpListener::bind(config.server.listen)
             .map_err(|e| StartError(format!("cannot listen on {}: {e}", config.server.listen)))?;
         let port = listener.local_addr().map_err(|e| StartError(format!("cannot read the bound address: {e}")))?.port();
+        let origins = Arc::new(
+            OriginPolicy::new(&config.browser)
+                .map_err(|e| StartError(format!("invalid configuration: browser.allowed_origins: {e}")))?,
+        );
         let ws = WsSettings {
             hub: hub.clone(),
             session: Arc::new(SessionSettings {
@@ -69,6 +74,7 @@ impl Application {
             ping_interval: config.websocket_timeout(),
             max_frame_bytes: config.websocket.max_frame_bytes,
             send_queue: config.limits.send_queue,
+            origins: origins.clone(),
         };
         let sse = SseSettings {
             hub: hub.clone(),
@@ -80,7 +86,9 @@ impl Application {
         };
         let health = HealthState { hub: hub.clone(), feed_position: feed.position_handle() };
         let mut server = HttpServer::new(move || {
+            let origins = origins.clone();
             App::new()
+                .wrap_fn(move |req, srv| cors::apply(&origins, req, srv))
                 .app_data(web::Data::new(ws.clone()))
                 .app_data(web::Data::new(sse.clone()))
                 .app_data(web::Data::new(health.clone()))

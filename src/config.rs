@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::http::cors::{BrowserConfig, OriginPolicy};
+
 /// The whole configuration. Every field has a default, so an empty file is a valid config.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +27,7 @@ pub struct Config {
     pub sse: SseConfig,
     pub limits: LimitsConfig,
     pub keys: KeyPairs,
+    pub browser: BrowserConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -289,6 +292,8 @@ impl Config {
                 return Err(ConfigError("invalid configuration: feed.tables holds an empty name".into()));
             }
         }
+        OriginPolicy::new(&self.browser)
+            .map_err(|e| ConfigError(format!("invalid configuration: browser.allowed_origins: {e}")))?;
         Ok(())
     }
 
@@ -390,5 +395,29 @@ mod tests {
         assert!(err.to_string().contains("websocket.timeout_ms"));
         let err = Config::from_table(toml::Table::new(), env(&[("DATABASE_URL", "mysql://x")])).unwrap_err();
         assert!(err.to_string().contains("postgres://"));
+    }
+
+    #[test]
+    fn browser_section_defaults_and_overrides() {
+        let config = Config::from_table(toml::Table::new(), env(&[])).unwrap();
+        assert!(config.browser.allowed_origins.is_empty());
+        assert!(config.browser.allow_missing_origin);
+        assert!(config.browser.allow_credentials);
+        assert_eq!(config.browser.max_age_secs, 600);
+        let config = Config::from_table(
+            toml::Table::new(),
+            env(&[
+                ("LIVEGATE_BROWSER__ALLOWED_ORIGINS", "[\"https://a.example\"]"),
+                ("LIVEGATE_BROWSER__ALLOW_MISSING_ORIGIN", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.browser.allowed_origins, vec!["https://a.example"]);
+        assert!(!config.browser.allow_missing_origin);
+        let err =
+            Config::from_table(toml::Table::new(), env(&[("LIVEGATE_BROWSER__ALLOWED_ORIGINS", "[\"a.example/x\"]")]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("browser.allowed_origins") && err.contains("a.example/x"), "{err}");
     }
 }

@@ -1,5 +1,7 @@
 //! The route table: a WebSocket upgrade on any path (as Parse accepts), Server-Sent Events on
-//! `/events/{className}`, `/health`, and JSON 404s.
+//! `/events/{className}`, `/health`, and JSON 404s; [`cors`]: which browser origins may use them.
+
+pub mod cors;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
+use crate::http::cors::OriginPolicy;
 use crate::hub::{Hub, Outbox};
 use crate::session::{ParseSession, SessionSettings};
 
@@ -21,6 +22,8 @@ pub struct WsSettings {
     pub ping_interval: Duration,
     pub max_frame_bytes: usize,
     pub send_queue: usize,
+    /// Which browser origins may open a socket (CORS does not apply to upgrades).
+    pub origins: Arc<OriginPolicy>,
 }
 
 /// Whether a request asks for a WebSocket upgrade (any path may, as in Parse).
@@ -36,6 +39,9 @@ pub async fn upgrade(
     body: web::Payload,
     settings: web::Data<WsSettings>,
 ) -> actix_web::Result<HttpResponse> {
+    if let Some(refused) = settings.origins.refuse_upgrade(&req) {
+        return Ok(refused);
+    }
     let (response, socket, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(settings.max_frame_bytes)
