@@ -1,5 +1,5 @@
 //! The route table: a WebSocket upgrade on any path (as Parse accepts), Server-Sent Events on
-//! `/events/{className}`, `/health`, and JSON 404s; [`cors`]: which browser origins may use them.
+//! `/events/{className}`, the demo page on `/`, `/health`, and JSON 404s; [`cors`]: which browser origins may use them.
 
 pub mod cors;
 
@@ -22,6 +22,7 @@ pub struct HealthState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/{any:.*}", web::get().guard(guard::fn_guard(|ctx| ws::is_upgrade(ctx.head()))).to(ws::upgrade))
         .route("/events/{class}", web::get().to(sse::events))
+        .route("/", web::get().to(demo_page))
         .route("/health", web::get().to(health))
         .default_service(web::to(not_found));
 }
@@ -35,6 +36,11 @@ async fn health(state: web::Data<HealthState>) -> HttpResponse {
         "distinctQueries": stats.distinct_queries,
         "feedPosition": state.feed_position.load(Ordering::Acquire),
     }))
+}
+
+/// A live view of one query over SSE (static/index.html, compiled in): a working example to copy.
+async fn demo_page() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("../../static/index.html"))
 }
 
 async fn not_found() -> HttpResponse {

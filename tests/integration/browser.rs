@@ -576,3 +576,46 @@ async fn demo_page_shows_why_a_stream_was_refused() {
     assert_eq!(requests.len(), 2, "the stream, then the page asking why: {requests:?}");
     assert_eq!(requests[0].0, "/events/messages?where=nonsense");
 }
+
+/// The real thing: the demo page served by the gateway, a plain EventSource, live events, then
+/// the gateway stops, changes are made while it is down, and it starts again on the same port:
+/// the browser reconnects by itself (Last-Event-ID) and receives exactly the changes it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_receives_live_events_and_resumes_after_a_gateway_restart() {
+    let test = "browser_receives_live_events_and_resumes_after_a_gateway_restart";
+    let Some(browser) = launch_or_skip(test).await else { return };
+    let mut app = crate::support::TestApp::spawn().await;
+    let url = format!("http://127.0.0.1:{}/?class=messages&where=%7B%22room%22%3A%22lobby%22%7D", app.port);
+    let page = browser.open(&url).await.expect("the demo page opens");
+    page.wait_for("livegate.opens >= 1", PATIENCE).await.expect("the stream opens");
+
+    app.db.execute("insert into messages (id, room, body) values (1, 'lobby', 'one'), (2, 'other', 'no')").await;
+    app.db.execute("update messages set body = 'uno' where id = 1").await;
+    page.wait_for("livegate.events.length >= 2", PATIENCE).await.expect("live events arrive");
+
+    app.stop().await;
+    page.wait_for("livegate.errors >= 1", PATIENCE).await.expect("the browser notices the gateway is gone");
+    app.db.execute("insert into messages (id, room, body) values (3, 'lobby', 'three'), (4, 'lobby', 'four')").await;
+    app.db.execute("delete from messages where id = 1").await;
+    app.restart().await;
+
+    let events = page.wait_for("livegate.events.length >= 5 && livegate.events", Duration::from_secs(30)).await;
+    let events = events.expect("the missed changes arrive after the restart");
+    let summary: Vec<(String, String)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (e["event"].as_str().unwrap().to_string(), e["data"]["object"]["objectId"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let expected = [("create", "1"), ("update", "1"), ("create", "3"), ("create", "4"), ("delete", "1")];
+    assert_eq!(summary, expected.map(|(a, b)| (a.to_string(), b.to_string())), "{events}");
+    assert!(page.eval("livegate.opens").await.unwrap().as_i64().unwrap() >= 2, "the browser reconnected by itself");
+
+    // And live again after the restart.
+    app.db.execute("insert into messages (id, room, body) values (5, 'lobby', 'five')").await;
+    let events = page.wait_for("livegate.events.length >= 6 && livegate.events", PATIENCE).await.unwrap();
+    assert_eq!(events[5]["data"]["object"]["objectId"], "5");
+    assert_eq!(events.as_array().unwrap().len(), 6, "no duplicates");
+}
