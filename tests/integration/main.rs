@@ -2,6 +2,7 @@
 //! port 0, and talks to it over real sockets.
 
 mod feed;
+mod identity;
 mod parse_sdk;
 mod queries;
 mod support;
