@@ -9,10 +9,12 @@ use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 
 use crate::config::DatabaseConfig;
 
-/// Migrations, in order. Each runs once, in its own transaction.
+/// Migrations, in order. Each runs once, in its own transaction. Versions need not be
+/// contiguous: each is applied when its own number is not yet recorded.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "capture", include_str!("../migrations/0001_capture.sql")),
     (2, "history", include_str!("../migrations/0002_history.sql")),
+    (3, "identity", include_str!("../migrations/0003_identity.sql")),
 ];
 
 /// Arbitrary constant shared by every livegate process: key of the migration advisory lock.

@@ -1,6 +1,9 @@
 //! Who a subscriber is and what it may read: Parse key pairs at connect, the identity a
 //! subscription carries, and row read access (Parse ACL JSON or `_rperm`), all decided in memory.
 
+pub mod roles;
+pub mod sessions;
+
 use serde_json::Value;
 
 use crate::config::KeyPairs;

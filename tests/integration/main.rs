@@ -4,6 +4,7 @@
 mod browser;
 mod browser_rules;
 mod feed;
+mod identity;
 mod parse_sdk;
 mod queries;
 mod resume;
