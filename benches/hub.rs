@@ -72,6 +72,7 @@ fn subscription(where_: Value) -> Subscription {
         keys: None,
         watch: None,
         identity: Identity::default(),
+        hidden: None,
         positions: false,
     }
 }

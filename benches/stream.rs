@@ -215,7 +215,8 @@ impl Ws {
             tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/")).await.expect("websocket");
         let send = |v: Value| Message::text(v.to_string());
         socket.send(send(json!({"op": "connect", "applicationId": "bench"}))).await.expect("send");
-        let subscribe = json!({"op": "subscribe", "requestId": 1, "query": {"className": "messages", "where": {}}, "since": since});
+        let subscribe =
+            json!({"op": "subscribe", "requestId": 1, "query": {"className": "messages", "where": {}}, "since": since});
         socket.send(send(subscribe)).await.expect("send");
         let mut ws = Ws { socket };
         assert_eq!(ws.next().await["op"], "connected");

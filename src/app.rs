@@ -8,6 +8,10 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
+use crate::auth::jwt::JwtVerifier;
+use crate::auth::rules::ClassRules;
+use crate::auth::sessions::SessionStore;
+use crate::auth::Authenticator;
 use crate::catchup::Catchup;
 use crate::config::Config;
 use crate::database::{self, DatabaseError};
@@ -54,6 +58,12 @@ impl Application {
         }
         let hub = Arc::new(Hub::new(config.limits.subscriptions_per_connection));
         let listener_options = database::connect_options(&config.database, feed::LISTENER_APPLICATION_NAME)?;
+        let jwt = JwtVerifier::from_config(&config.jwt)
+            .map_err(|e| StartError(format!("invalid configuration: jwt: {e}")))?;
+        let auth = Authenticator::new(jwt, SessionStore::new(pool.clone(), &config.sessions));
+        let rules =
+            Arc::new(ClassRules::new(&config.classes).map_err(|e| StartError(format!("invalid configuration: {e}")))?);
+        let revalidate_every = Duration::from_millis(config.sessions.cache_ttl_ms.max(100));
         let feed = Feed::start(pool, listener_options, hub.clone(), &config.feed, &config.history).await?;
         let catchup = Arc::new(Catchup::new(hub.clone(), feed.history()));
 
@@ -70,6 +80,9 @@ impl Application {
                 keys: config.keys.clone(),
                 query_limits: config.query_limits(),
                 catchup: Some(catchup.clone()),
+                auth: Some(auth.clone()),
+                rules: rules.clone(),
+                revalidate_every,
             }),
             ping_interval: config.websocket_timeout(),
             max_frame_bytes: config.websocket.max_frame_bytes,
@@ -78,6 +91,11 @@ impl Application {
         };
         let sse = SseSettings {
             hub: hub.clone(),
+            auth,
+            rules,
+            master_key: config.keys.master_key.clone(),
+            token_cookie: config.sse.token_cookie.clone(),
+            revalidate_every,
             catchup,
             query_limits: config.query_limits(),
             keepalive: Duration::from_millis(config.sse.keepalive_ms),

@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::jwt::{JwtConfig, JwtVerifier};
+use crate::auth::rules::{ClassRule, ClassRules};
+use crate::auth::sessions::SessionConfig;
+
 use crate::http::cors::{BrowserConfig, OriginPolicy};
 
 /// The whole configuration. Every field has a default, so an empty file is a valid config.
@@ -28,6 +32,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub keys: KeyPairs,
     pub browser: BrowserConfig,
+    pub jwt: JwtConfig,
+    pub sessions: SessionConfig,
+    /// Per-class rules by class name; `"*"` applies to classes not listed.
+    pub classes: BTreeMap<String, ClassRule>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,11 +133,13 @@ pub struct SseConfig {
     pub keepalive_ms: u64,
     /// The `retry:` hint: how long a browser waits before reconnecting.
     pub retry_ms: u64,
+    /// Name of the cookie a session token may travel in.
+    pub token_cookie: String,
 }
 
 impl Default for SseConfig {
     fn default() -> Self {
-        SseConfig { keepalive_ms: 15_000, retry_ms: 2_000 }
+        SseConfig { keepalive_ms: 15_000, retry_ms: 2_000, token_cookie: "livegate_token".into() }
     }
 }
 
@@ -292,6 +302,8 @@ impl Config {
                 return Err(ConfigError("invalid configuration: feed.tables holds an empty name".into()));
             }
         }
+        JwtVerifier::from_config(&self.jwt).map_err(|e| ConfigError(format!("invalid configuration: jwt: {e}")))?;
+        ClassRules::new(&self.classes).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         OriginPolicy::new(&self.browser)
             .map_err(|e| ConfigError(format!("invalid configuration: browser.allowed_origins: {e}")))?;
         Ok(())

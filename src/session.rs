@@ -1,16 +1,25 @@
 //! One Parse LiveQuery connection's state machine: connect, subscribe, update, unsubscribe, with
-//! Parse's replies and error codes. No I/O: replies go into the connection's outbox, state into
-//! the hub; the transport only moves frames.
+//! Parse's replies and error codes. No socket I/O: replies go into the connection's outbox,
+//! state into the hub; the transport only moves frames. The one thing it awaits is turning a
+//! `sessionToken` into an identity ([`Authenticator`], cached).
+//!
+//! Identity: a subscription's own token wins over the connection's; class rules are checked at
+//! subscribe. Tokens in use are re-checked every `revalidate_every` and at their expiry; a
+//! subscription whose identity lapsed is suspended (error 209 with its requestId) at a known
+//! position, and re-subscribing the same requestId with a fresh token resumes from there.
 //!
 //! The resume extension (`since` on subscribe) hands the subscription to [`Catchup`], which
 //! replays missed changes on a task of its own and then registers it in the hub.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
-use crate::auth::{check_keys, Identity, KeyCheck};
+use crate::auth::rules::ClassRules;
+use crate::auth::{check_keys, Authenticator, Identity, KeyCheck, TokenError};
 use crate::catchup::{Catchup, Replies, Resume};
 use crate::config::KeyPairs;
 use crate::hub::{ConnectionId, Hub, IndexEntry, Outbox, Outgoing, Start, SubscribeError, Subscription};
@@ -25,13 +34,38 @@ pub struct SessionSettings {
     pub query_limits: QueryLimits,
     /// Replays history for subscriptions that resume; `None` refuses `since` positions.
     pub catchup: Option<Arc<Catchup>>,
+    /// Verifies session tokens; `None` refuses every token.
+    pub auth: Option<Authenticator>,
+    pub rules: Arc<ClassRules>,
+    /// How often tokens in use are checked again (revocation is noticed within this).
+    pub revalidate_every: Duration,
 }
+
+/// Parse's INVALID_SESSION_TOKEN.
+pub const CODE_INVALID_SESSION_TOKEN: i64 = 209;
 
 #[derive(Debug, Clone)]
 struct Client {
     client_id: String,
     installation_id: Option<String>,
     master: bool,
+    token: Option<Verified>,
+}
+
+/// A token and the identity it gave when last checked.
+#[derive(Debug, Clone)]
+struct Verified {
+    token: Arc<str>,
+    identity: Identity,
+}
+
+/// What the session remembers of a subscription it handed to the hub.
+#[derive(Debug, Clone)]
+struct Held {
+    /// The subscription's own token; `None` uses the connection's.
+    token: Option<Verified>,
+    /// The identity it was registered with (to notice changes on revalidation).
+    identity: Identity,
 }
 
 pub struct ParseSession {
@@ -43,20 +77,34 @@ pub struct ParseSession {
     /// Catch-up tasks started by this session, by requestId; stopped when it ends or the
     /// subscription is replaced or removed.
     catchups: HashMap<RequestId, AbortHandle>,
+    held: HashMap<RequestId, Held>,
+    /// Subscriptions whose identity lapsed, and the position each stopped at.
+    suspended: HashMap<RequestId, Position>,
+    last_check: Instant,
 }
 
 impl ParseSession {
     pub fn new(hub: Arc<Hub>, settings: Arc<SessionSettings>, outbox: Outbox) -> ParseSession {
         let connection = hub.register(outbox.clone());
-        ParseSession { hub, settings, connection, outbox, client: None, catchups: HashMap::new() }
+        ParseSession {
+            hub,
+            settings,
+            connection,
+            outbox,
+            client: None,
+            catchups: HashMap::new(),
+            held: HashMap::new(),
+            suspended: HashMap::new(),
+            last_check: Instant::now(),
+        }
     }
 
     /// Handles one text frame.
-    pub fn on_text(&mut self, text: &str) {
+    pub async fn on_text(&mut self, text: &str) {
         match decode(text) {
             Decoded::Ignored => tracing::debug!(connection = self.connection, "ignored a frame that is not JSON"),
             Decoded::Invalid(message) => self.error(code::SCHEMA, &message, true, None),
-            Decoded::Request(request) => self.on_request(request),
+            Decoded::Request(request) => self.on_request(request).await,
         }
     }
 
@@ -93,7 +141,7 @@ impl ParseSession {
         }
     }
 
-    fn on_request(&mut self, request: Request) {
+    async fn on_request(&mut self, request: Request) {
         match request {
             Request::Connect(connect) => {
                 let master = match check_keys(&self.settings.keys, &connect.keys) {
@@ -102,13 +150,23 @@ impl ParseSession {
                         return self.error(code::INVALID_KEYS, "Key in request is not valid", true, None)
                     }
                 };
+                let token = match &connect.session_token {
+                    None => None,
+                    Some(token) => match self.verify(token).await {
+                        Ok(verified) => Some(verified),
+                        Err(e) => return self.error(CODE_INVALID_SESSION_TOKEN, &e.to_string(), false, None),
+                    },
+                };
                 // A second connect replaces the first client cleanly (Parse 2024 leaked it).
                 self.stop_catchups();
                 self.hub.unsubscribe_all(self.connection);
+                self.held.clear();
+                self.suspended.clear();
                 let client = Client {
                     client_id: uuid::Uuid::new_v4().to_string(),
                     installation_id: connect.installation_id,
                     master,
+                    token,
                 };
                 self.push_reply(&client, &Reply::Connected);
                 self.client = Some(client);
@@ -117,24 +175,27 @@ impl ParseSession {
                 if self.client.is_none() {
                     return self.not_connected("subscribing");
                 }
-                self.subscribe(subscribe);
+                self.subscribe(subscribe).await;
             }
             Request::Update(subscribe) => {
                 if self.client.is_none() {
                     self.not_connected("unsubscribing");
                     return self.not_connected("subscribing");
                 }
-                if !self.hub.unsubscribe(self.connection, &subscribe.request_id) {
+                let suspended = self.suspended.contains_key(&subscribe.request_id);
+                if !self.hub.unsubscribe(self.connection, &subscribe.request_id) && !suspended {
                     self.unknown_subscription(&subscribe.request_id);
                 }
-                self.subscribe(subscribe);
+                self.subscribe(subscribe).await;
             }
             Request::Unsubscribe { request_id } => {
                 let Some(client) = self.client.clone() else {
                     return self.not_connected("unsubscribing");
                 };
                 self.stop_catchup(&request_id);
-                if self.hub.unsubscribe(self.connection, &request_id) {
+                self.held.remove(&request_id);
+                let suspended = self.suspended.remove(&request_id).is_some();
+                if self.hub.unsubscribe(self.connection, &request_id) || suspended {
                     self.push_reply(&client, &Reply::Unsubscribed(&request_id));
                 } else {
                     self.unknown_subscription(&request_id);
@@ -143,33 +204,58 @@ impl ParseSession {
         }
     }
 
-    fn subscribe(&mut self, request: Subscribe) {
+    async fn subscribe(&mut self, request: Subscribe) {
         let Some(client) = self.client.clone() else { return };
-        // A reused requestId replaces the subscription, including one still catching up.
+        // A reused requestId replaces the subscription, including one still catching up; one
+        // that was suspended resumes where it stopped (unless the client says where).
         self.stop_catchup(&request.request_id);
+        self.held.remove(&request.request_id);
+        let suspended_at = self.suspended.remove(&request.request_id);
+        let request_id = request.request_id.clone();
         let query = match Query::compile(&request.where_, self.settings.query_limits) {
             Ok(query) => query,
-            Err(e) => return self.error(code::INVALID_QUERY, &e.0, false, Some(&request.request_id)),
+            Err(e) => return self.error(code::INVALID_QUERY, &e.0, false, Some(&request_id)),
         };
         let resume_from = match request.since.as_deref() {
-            None | Some("now") => None,
+            None | Some("now") => suspended_at,
             Some(text) => match text.parse::<Position>() {
                 Ok(position) => Some(position),
-                Err(e) => return self.error(code::SCHEMA, &format!("since: {e}"), false, Some(&request.request_id)),
+                Err(e) => return self.error(code::SCHEMA, &format!("since: {e}"), false, Some(&request_id)),
             },
         };
+        let own_token = match &request.session_token {
+            None => None,
+            Some(token) => match self.verify(token).await {
+                Ok(verified) => Some(verified),
+                Err(e) => {
+                    if let Some(position) = suspended_at {
+                        // Still suspended: a later fresh token resumes from the same place.
+                        self.suspended.insert(request_id.clone(), position);
+                    }
+                    return self.error(CODE_INVALID_SESSION_TOKEN, &e.to_string(), false, Some(&request_id));
+                }
+            },
+        };
+        let mut identity = own_token.as_ref().or(client.token.as_ref()).map(|v| v.identity.clone()).unwrap_or_default();
+        identity.master = client.master;
+        if let Err(denied) =
+            self.settings.rules.check(&request.class_name, &identity, &request.where_, request.watch.as_deref())
+        {
+            return self.error(denied.code, &denied.message, false, Some(&request_id));
+        }
         let positions = request.since.is_some();
+        self.held.insert(request_id.clone(), Held { token: own_token, identity: identity.clone() });
         let subscription = Subscription {
+            hidden: self.settings.rules.hidden_fields(&request.class_name, &identity),
             key: canonical_key(&request.class_name, &request.where_),
             index: IndexEntry::of(&request.where_),
             class: request.class_name.into(),
             query: Arc::new(query),
             keys: request.keys.map(Into::into),
             watch: request.watch.map(Into::into),
-            identity: Identity { master: client.master, ..Identity::default() },
+            identity,
             positions,
         };
-        let request_id = request.request_id;
         let subscribed = {
             let (client, request_id) = (client.clone(), request_id.clone());
             move |position: Position| {
@@ -210,10 +296,116 @@ impl ParseSession {
             }
         };
         if let Err(e) = result {
+            self.held.remove(&request_id);
             if let Some(text) = refusal(&e, &request_id) {
                 self.outbox.push(Outgoing::Text(text));
             }
         }
+    }
+
+    async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        let Some(auth) = &self.settings.auth else {
+            return Err(TokenError::Invalid("session tokens are not accepted here".into()));
+        };
+        let identity = auth.identify(token).await?;
+        Ok(Verified { token: token.into(), identity })
+    }
+
+    /// When [`ParseSession::revalidate`] should next run: `None` while no token is in use.
+    pub fn next_check(&self) -> Option<Instant> {
+        let tokens = self
+            .client
+            .iter()
+            .filter_map(|c| c.token.as_ref())
+            .chain(self.held.values().filter_map(|h| h.token.as_ref()));
+        let mut next: Option<Instant> = None;
+        for verified in tokens {
+            let mut due = self.last_check + self.settings.revalidate_every;
+            if let Some(expires_at) = verified.identity.expires_at {
+                let left = expires_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+                // Not sooner than a second after the last check: a token within its verifier's
+                // clock leeway stays valid for a little while past its expiry.
+                due = due.min((Instant::now() + left).max(self.last_check + Duration::from_secs(1)));
+            }
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+        next
+    }
+
+    /// Checks every token in use again. A subscription whose identity lapsed is suspended and
+    /// the client told; one whose identity changed (roles) is updated in the hub.
+    pub async fn revalidate(&mut self) {
+        self.last_check = Instant::now();
+        let Some(client) = self.client.clone() else { return };
+        let mut connection_identity: Option<Result<Identity, TokenError>> = None;
+        if let Some(verified) = &client.token {
+            let outcome = self.reverify(verified).await;
+            if let Some(c) = self.client.as_mut() {
+                c.token = outcome
+                    .as_ref()
+                    .ok()
+                    .map(|identity| Verified { token: verified.token.clone(), identity: identity.clone() });
+            }
+            connection_identity = Some(outcome);
+        }
+        let held: Vec<(RequestId, Held)> = self.held.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut rechecked: HashMap<Arc<str>, Result<Identity, TokenError>> = HashMap::new();
+        for (request_id, held) in held {
+            let outcome = match &held.token {
+                Some(verified) => match rechecked.get(&verified.token) {
+                    Some(outcome) => outcome.clone(),
+                    None => {
+                        let outcome = self.reverify(verified).await;
+                        rechecked.insert(verified.token.clone(), outcome.clone());
+                        outcome
+                    }
+                },
+                None => match &connection_identity {
+                    Some(outcome) => outcome.clone(),
+                    None => continue, // anonymous: nothing to lapse
+                },
+            };
+            match outcome {
+                Ok(mut identity) => {
+                    identity.master = client.master;
+                    if identity != held.identity
+                        && self.hub.set_identity(self.connection, &request_id, identity.clone())
+                    {
+                        if let Some(h) = self.held.get_mut(&request_id) {
+                            h.identity = identity;
+                            if let Some(token) = h.token.as_mut() {
+                                token.identity = h.identity.clone();
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.suspend(&request_id, &e),
+            }
+        }
+    }
+
+    /// A token checked again; an outage does not count against the client.
+    async fn reverify(&self, verified: &Verified) -> Result<Identity, TokenError> {
+        match self.verify(&verified.token).await {
+            Ok(v) => Ok(v.identity),
+            Err(TokenError::Unavailable(why)) => {
+                tracing::warn!(why, "cannot re-check a session token; keeping its identity for now");
+                Ok(verified.identity.clone())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn suspend(&mut self, request_id: &RequestId, why: &TokenError) {
+        self.stop_catchup(request_id);
+        self.held.remove(request_id);
+        // A subscription still catching up holds only a reservation: it stops at its `since`.
+        let position = self.hub.suspend(self.connection, request_id);
+        self.hub.unsubscribe(self.connection, request_id);
+        if let Some(position) = position {
+            self.suspended.insert(request_id.clone(), position);
+        }
+        self.error(CODE_INVALID_SESSION_TOKEN, &why.to_string(), false, Some(request_id));
     }
 
     fn stop_catchups(&mut self) {
@@ -298,7 +490,14 @@ mod tests {
     fn session(keys: KeyPairs) -> (ParseSession, Receiver<Outgoing>, Arc<Hub>) {
         let hub = Arc::new(Hub::new(5));
         let (outbox, rx) = Outbox::new(64);
-        let settings = Arc::new(SessionSettings { keys, query_limits: QueryLimits::default(), catchup: None });
+        let settings = Arc::new(SessionSettings {
+            keys,
+            query_limits: QueryLimits::default(),
+            catchup: None,
+            auth: None,
+            rules: Arc::new(ClassRules::default()),
+            revalidate_every: Duration::from_secs(5),
+        });
         (ParseSession::new(hub.clone(), settings, outbox), rx, hub)
     }
 
@@ -313,12 +512,12 @@ mod tests {
     const CONNECT: &str = r#"{"op":"connect","applicationId":"app","installationId":"inst"}"#;
     const SUBSCRIBE: &str = r#"{"op":"subscribe","requestId":1,"query":{"className":"Msg","where":{}}}"#;
 
-    #[test]
-    fn connect_subscribe_unsubscribe() {
+    #[tokio::test]
+    async fn connect_subscribe_unsubscribe() {
         let (mut s, mut rx, hub) = session(KeyPairs::default());
-        s.on_text(CONNECT);
-        s.on_text(SUBSCRIBE);
-        s.on_text(r#"{"op":"unsubscribe","requestId":1}"#);
+        s.on_text(CONNECT).await;
+        s.on_text(SUBSCRIBE).await;
+        s.on_text(r#"{"op":"unsubscribe","requestId":1}"#).await;
         let r = replies(&mut rx);
         let client_id = r[0]["clientId"].as_str().unwrap().to_string();
         assert_eq!(uuid::Uuid::parse_str(&client_id).unwrap().get_version_num(), 4);
@@ -333,12 +532,12 @@ mod tests {
         assert_eq!(hub.stats().connections, 0);
     }
 
-    #[test]
-    fn errors_before_connect() {
+    #[tokio::test]
+    async fn errors_before_connect() {
         let (mut s, mut rx, _) = session(KeyPairs::default());
-        s.on_text(SUBSCRIBE);
-        s.on_text(r#"{"op":"unsubscribe","requestId":1}"#);
-        s.on_text(r#"{"op":"update","requestId":1,"query":{"className":"Msg","where":{}}}"#);
+        s.on_text(SUBSCRIBE).await;
+        s.on_text(r#"{"op":"unsubscribe","requestId":1}"#).await;
+        s.on_text(r#"{"op":"update","requestId":1,"query":{"className":"Msg","where":{}}}"#).await;
         let r = replies(&mut rx);
         let messages: Vec<_> =
             r.iter().map(|v| (v["code"].as_i64().unwrap(), v["error"].as_str().unwrap().to_string())).collect();
@@ -354,11 +553,11 @@ mod tests {
         assert!(r.iter().all(|v| v["requestId"].is_null() && v["reconnect"] == true));
     }
 
-    #[test]
-    fn update_of_unknown_subscription_errors_then_subscribes() {
+    #[tokio::test]
+    async fn update_of_unknown_subscription_errors_then_subscribes() {
         let (mut s, mut rx, hub) = session(KeyPairs::default());
-        s.on_text(CONNECT);
-        s.on_text(r#"{"op":"update","requestId":9,"query":{"className":"Msg","where":{"a":1}}}"#);
+        s.on_text(CONNECT).await;
+        s.on_text(r#"{"op":"update","requestId":9,"query":{"className":"Msg","where":{"a":1}}}"#).await;
         let r = replies(&mut rx);
         let client_id = r[0]["clientId"].as_str().unwrap();
         assert_eq!(
@@ -369,15 +568,17 @@ mod tests {
         assert_eq!(hub.stats().subscriptions, 1);
     }
 
-    #[test]
-    fn bad_keys_bad_queries_and_limits() {
+    #[tokio::test]
+    async fn bad_keys_bad_queries_and_limits() {
         let keys = KeyPairs { javascript_key: Some("js".into()), ..KeyPairs::default() };
         let (mut s, mut rx, hub) = session(keys);
-        s.on_text(r#"{"op":"connect","applicationId":"app","javascriptKey":"wrong"}"#);
-        s.on_text(r#"{"op":"connect","applicationId":"app","javascriptKey":"js"}"#);
-        s.on_text(r#"{"op":"subscribe","requestId":1,"query":{"className":"Msg","where":{"a":{"$inQuery":{}}}}}"#);
+        s.on_text(r#"{"op":"connect","applicationId":"app","javascriptKey":"wrong"}"#).await;
+        s.on_text(r#"{"op":"connect","applicationId":"app","javascriptKey":"js"}"#).await;
+        s.on_text(r#"{"op":"subscribe","requestId":1,"query":{"className":"Msg","where":{"a":{"$inQuery":{}}}}}"#)
+            .await;
         for id in 2..=7 {
-            s.on_text(&format!(r#"{{"op":"subscribe","requestId":{id},"query":{{"className":"Msg","where":{{}}}}}}"#));
+            s.on_text(&format!(r#"{{"op":"subscribe","requestId":{id},"query":{{"className":"Msg","where":{{}}}}}}"#))
+                .await;
         }
         s.on_binary();
         let r = replies(&mut rx);

@@ -1,15 +1,61 @@
-//! Who a subscriber is and what it may read: Parse key pairs at connect, the identity a
-//! subscription carries, and row read access (Parse ACL JSON or `_rperm`), all decided in memory.
+//! Who a subscriber is and what it may read: Parse key pairs at connect, tokens turned into
+//! identities ([`Authenticator`]: JWTs verified in memory, opaque session tokens looked up in
+//! PostgreSQL and cached, roles expanded through the inheritance graph), class rules, and row
+//! read access (Parse ACL JSON or `_rperm`), decided in memory for every change.
 
+pub mod jwt;
 pub mod roles;
+pub mod rules;
 pub mod sessions;
+
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::config::KeyPairs;
 use crate::protocol::ClientKeys;
+use jwt::JwtVerifier;
+use sessions::SessionStore;
 
-pub mod jwt;
+/// The longest a token lookup may hold up a client's frames before it counts as unavailable.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Turns a presented token into an [`Identity`]. A token shaped like a JWT is verified with the
+/// configured keys when JWT is enabled; anything else is an opaque session token.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    jwt: Option<std::sync::Arc<JwtVerifier>>,
+    sessions: SessionStore,
+}
+
+impl Authenticator {
+    pub fn new(jwt: Option<JwtVerifier>, sessions: SessionStore) -> Authenticator {
+        Authenticator { jwt: jwt.map(std::sync::Arc::new), sessions }
+    }
+
+    pub async fn identify(&self, token: &str) -> Result<Identity, TokenError> {
+        let claims = match &self.jwt {
+            Some(verifier) if jwt::looks_like_jwt(token) => verifier.verify(token)?,
+            _ => match tokio::time::timeout(LOOKUP_TIMEOUT, self.sessions.resolve(token)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(TokenError::Unavailable("session lookup timed out".into())),
+            },
+        };
+        if claims.expires_at.is_some_and(|at| at <= std::time::SystemTime::now()) {
+            return Err(TokenError::Expired);
+        }
+        let graph = match tokio::time::timeout(LOOKUP_TIMEOUT, self.sessions.role_graph()).await {
+            Ok(graph) => graph,
+            Err(_) => return Err(TokenError::Unavailable("role lookup timed out".into())),
+        };
+        Ok(Identity {
+            master: false,
+            user_id: Some(claims.user_id),
+            roles: graph.closure(&claims.roles),
+            expires_at: claims.expires_at,
+        })
+    }
+}
 
 /// The identity a subscription is evaluated with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,6 +65,8 @@ pub struct Identity {
     pub user_id: Option<String>,
     /// Role names without the `role:` prefix, inheritance already resolved.
     pub roles: Vec<String>,
+    /// When the token this identity came from stops being valid.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 /// What a verified token says about its bearer, before role inheritance is applied.
@@ -133,7 +181,8 @@ pub fn check_keys(configured: &KeyPairs, presented: &ClientKeys) -> KeyCheck {
     }
 }
 
-fn constant_time_eq(a: &str, b: &str) -> bool {
+/// Compares secrets without an early exit that would leak how much of a guess was right.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

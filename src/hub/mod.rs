@@ -79,6 +79,8 @@ pub struct Subscription {
     pub keys: Option<Arc<[String]>>,
     pub watch: Option<Arc<[String]>>,
     pub identity: Identity,
+    /// Fields never sent to this subscriber (class rules' protected fields for non-master).
+    pub hidden: Option<Arc<[String]>>,
     /// The client tracks positions: its events carry them and it is told about gaps.
     pub positions: bool,
 }
@@ -118,6 +120,7 @@ struct Member {
     keys: Option<Arc<[String]>>,
     watch: Option<Arc<[String]>>,
     identity: Identity,
+    hidden: Option<Arc<[String]>>,
     positions: bool,
 }
 
@@ -273,6 +276,7 @@ impl Hub {
             keys: subscription.keys,
             watch: subscription.watch,
             identity: subscription.identity,
+            hidden: subscription.hidden,
             positions: subscription.positions,
         };
         group.members.insert((connection, request_id), member);
@@ -292,6 +296,41 @@ impl Hub {
         let Some((class, key)) = conn.subscriptions.remove(request_id) else { return false };
         remove_member(&mut state.classes, &class, &key, connection, request_id);
         true
+    }
+
+    /// Removes one live subscription because its identity is no longer valid, and returns the
+    /// position it stopped at: it received every change up to there and nothing after, so a
+    /// resume from it (with a fresh identity) loses nothing.
+    pub fn suspend(&self, connection: ConnectionId, request_id: &RequestId) -> Option<Position> {
+        let mut state = self.write();
+        let state = &mut *state;
+        let stopped = Position::new(state.epoch, self.published.load(Ordering::Acquire));
+        let (class, key) = state.connections.get_mut(&connection)?.subscriptions.remove(request_id)?;
+        remove_member(&mut state.classes, &class, &key, connection, request_id);
+        Some(stopped)
+    }
+
+    /// Replaces the identity a live subscription is evaluated with (its token was re-checked and
+    /// now says something else, e.g. other roles). False when there is no such subscription.
+    pub fn set_identity(&self, connection: ConnectionId, request_id: &RequestId, identity: Identity) -> bool {
+        let mut state = self.write();
+        let state = &mut *state;
+        let Some((class, key)) = state.connections.get(&connection).and_then(|c| c.subscriptions.get(request_id))
+        else {
+            return false;
+        };
+        let member = state
+            .classes
+            .get_mut(class)
+            .and_then(|c| c.groups.get_mut(key))
+            .and_then(|g| g.members.get_mut(&(connection, request_id.clone())));
+        match member {
+            Some(member) => {
+                member.identity = identity;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes every subscription of a connection but keeps it registered.
@@ -340,7 +379,7 @@ impl Hub {
                     let Some(shape) = shape(change, matches, &member.identity, member.watch.as_deref()) else {
                         continue;
                     };
-                    let payload = payloads.get(shape, member.keys.as_ref());
+                    let payload = payloads.get(shape, member.keys.as_ref(), member.hidden.as_ref());
                     member.outbox.push(Outgoing::Event(Delivery {
                         op: shape.op(),
                         request_id: request_id.clone(),
@@ -367,7 +406,11 @@ pub fn replay(subscription: &Subscription, request_id: &RequestId, change: &Chan
         return None;
     }
     let shape = shape(change, matches, &subscription.identity, subscription.watch.as_deref())?;
-    let payload = PayloadCache::new(change, Position::new(epoch, change.pos)).get(shape, subscription.keys.as_ref());
+    let payload = PayloadCache::new(change, Position::new(epoch, change.pos)).get(
+        shape,
+        subscription.keys.as_ref(),
+        subscription.hidden.as_ref(),
+    );
     Some(Delivery { op: shape.op(), request_id: request_id.clone(), payload, positioned: subscription.positions })
 }
 
@@ -479,15 +522,16 @@ fn set_field<'a>(image: Option<&'a RowImage>, name: &str) -> Option<&'a Value> {
 /// Fields every projection keeps (Parse's `_toJSONWithFields`).
 const ALWAYS_SENT: [&str; 5] = ["className", "objectId", "createdAt", "updatedAt", "ACL"];
 
-fn encode(object: &Map<String, Value>, keys: Option<&Arc<[String]>>) -> String {
-    let result = match keys {
-        None => serde_json::to_string(object),
-        Some(keys) => {
-            let projected: Map<String, Value> = object
-                .iter()
-                .filter(|(k, _)| ALWAYS_SENT.contains(&k.as_str()) || keys.iter().any(|key| key == *k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+fn encode(object: &Map<String, Value>, keys: Option<&Arc<[String]>>, hidden: Option<&Arc<[String]>>) -> String {
+    let result = match (keys, hidden) {
+        (None, None) => serde_json::to_string(object),
+        _ => {
+            let shown = |k: &str| {
+                let selected = keys.is_none_or(|keys| ALWAYS_SENT.contains(&k) || keys.iter().any(|key| key == k));
+                selected && !hidden.is_some_and(|hidden| hidden.iter().any(|h| h == k))
+            };
+            let projected: Map<String, Value> =
+                object.iter().filter(|(k, _)| shown(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
             serde_json::to_string(&projected)
         }
     };
@@ -495,8 +539,8 @@ fn encode(object: &Map<String, Value>, keys: Option<&Arc<[String]>>) -> String {
     result.unwrap_or_else(|_| "{}".into())
 }
 
-/// A subscription's `keys`: `None` sends whole objects.
-type Projection = Option<Arc<[String]>>;
+/// A subscription's `keys` (`None` sends whole objects) and its hidden fields.
+type Projection = (Option<Arc<[String]>>, Option<Arc<[String]>>);
 
 /// Payloads of one change, encoded on first use and shared by every subscriber with the same
 /// event shape and projection.
@@ -511,13 +555,14 @@ impl<'a> PayloadCache<'a> {
         PayloadCache { change, position, entries: Vec::new() }
     }
 
-    fn get(&mut self, shape: Shape, keys: Option<&Arc<[String]>>) -> Arc<Payload> {
-        let same_keys = |k: &Projection| match (k, keys) {
+    fn get(&mut self, shape: Shape, keys: Option<&Arc<[String]>>, hidden: Option<&Arc<[String]>>) -> Arc<Payload> {
+        let same = |a: &Option<Arc<[String]>>, b: Option<&Arc<[String]>>| match (a, b) {
             (None, None) => true,
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             _ => false,
         };
-        if let Some((_, _, payload)) = self.entries.iter().find(|(s, k, _)| *s == shape && same_keys(k)) {
+        let same_projection = |(k, h): &Projection| same(k, keys) && same(h, hidden);
+        if let Some((_, _, payload)) = self.entries.iter().find(|(s, p, _)| *s == shape && same_projection(p)) {
             return payload.clone();
         }
         let (old, new) = (self.change.old.as_ref(), self.change.new.as_ref());
@@ -530,10 +575,10 @@ impl<'a> PayloadCache<'a> {
         };
         let payload = Arc::new(Payload {
             position: self.position,
-            object: object.map(|o| encode(&o.object, keys)).unwrap_or_else(|| "{}".into()),
-            original: original.map(|o| encode(&o.object, keys)),
+            object: object.map(|o| encode(&o.object, keys, hidden)).unwrap_or_else(|| "{}".into()),
+            original: original.map(|o| encode(&o.object, keys, hidden)),
         });
-        self.entries.push((shape, keys.cloned(), payload.clone()));
+        self.entries.push((shape, (keys.cloned(), hidden.cloned()), payload.clone()));
         payload
     }
 }

@@ -18,6 +18,7 @@ fn subscription(where_: Value, keys: Option<&[&str]>, watch: Option<&[&str]>) ->
         keys: keys.map(|k| k.iter().map(|s| s.to_string()).collect()),
         watch: watch.map(|k| k.iter().map(|s| s.to_string()).collect()),
         identity: Identity::default(),
+        hidden: None,
         positions: false,
     }
 }

@@ -437,6 +437,23 @@ fn resolve<'a>(object: &'a Map<String, Value>, path: &[String]) -> Option<&'a Va
     rest.iter().try_fold(object.get(first)?, |value, key| step(value, key))
 }
 
+/// The top-level field names a `where` constrains, anywhere inside `$or`/`$and`/`$nor` (the root
+/// of a dotted path), so that access rules can refuse queries that would probe hidden fields.
+pub fn referenced_fields(where_: &Map<String, Value>) -> Vec<String> {
+    let mut fields = Vec::new();
+    for (key, value) in where_ {
+        match key.as_str() {
+            "$or" | "$and" | "$nor" => {
+                for clause in value.as_array().into_iter().flatten().filter_map(Value::as_object) {
+                    fields.extend(referenced_fields(clause));
+                }
+            }
+            _ => fields.push(key.split('.').next().unwrap_or(key).to_string()),
+        }
+    }
+    fields
+}
+
 /// The value at a dotted `path` (`"a.b.0"`) exactly as the matcher reads it, for code that must
 /// agree with it (such as an index that pre-filters queries by the values of a field).
 pub fn resolve_path<'a>(object: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {

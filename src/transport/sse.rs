@@ -6,6 +6,12 @@
 //! itself on reconnect, takes precedence). A bad request is refused before the stream starts:
 //! 400 with the JSON `{"code", "error"}` the WebSocket would give.
 //!
+//! Identity: a token from `Authorization: Bearer`, the token cookie, or the `sessionToken`
+//! parameter (in that order of precedence); the master key from `X-Parse-Master-Key`. A token
+//! that is refused gives 401, a class rule 403, both with the WebSocket's code. A token that
+//! lapses while streaming ends the stream with `event: error` (code 209) whose `id:` is where
+//! delivery stopped, so a reconnect with a fresh token and that position loses nothing.
+//!
 //! The stream: a `retry:` hint; then, once the subscription is live (after any replay of
 //! missed changes), `event: subscribed` whose `id:` is the live position; data events
 //! (`create`/`enter`/`update`/`leave`/`delete`) with `id:` = their position and `data:` =
@@ -27,17 +33,24 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
-use crate::auth::Identity;
+use crate::auth::rules::ClassRules;
+use crate::auth::{constant_time_eq, Authenticator, Identity, TokenError};
 use crate::catchup::{Catchup, Replies, Resume};
 use crate::hub::{ConnectionId, Delivery, Hub, IndexEntry, Outbox, Outgoing, Start, Subscription};
 use crate::position::Position;
 use crate::protocol::{code, RequestId};
 use crate::query::{canonical_key, Query, QueryLimits};
+use crate::session::CODE_INVALID_SESSION_TOKEN;
 
 /// Everything an SSE stream needs from the server.
 #[derive(Clone)]
 pub struct SseSettings {
     pub hub: Arc<Hub>,
+    pub auth: Authenticator,
+    pub rules: Arc<ClassRules>,
+    pub master_key: Option<String>,
+    pub token_cookie: String,
+    pub revalidate_every: Duration,
     pub catchup: Arc<Catchup>,
     pub query_limits: QueryLimits,
     pub keepalive: Duration,
@@ -54,6 +67,9 @@ struct Params {
     keys: Option<String>,
     watch: Option<String>,
     since: Option<String>,
+    /// A session token in the URL: visible in logs and history; prefer the cookie or header.
+    #[serde(rename = "sessionToken")]
+    session_token: Option<String>,
 }
 
 /// A refusal before the stream starts, with the code the WebSocket protocol would use.
@@ -77,13 +93,62 @@ impl Refusal {
 struct Request {
     subscription: Subscription,
     since: Option<Position>,
+    where_: Map<String, Value>,
+    /// The token the identity came from, re-checked while streaming.
+    token: Option<Arc<str>>,
 }
 
 pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::Data<SseSettings>) -> HttpResponse {
-    match parse(&req, class.into_inner(), &settings) {
-        Ok(request) => stream(request, settings.get_ref().clone()),
-        Err(refusal) => refusal.response(),
+    let mut request = match parse(&req, class.into_inner(), &settings) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.response(),
+    };
+    if let Err(refusal) = authorize(&req, &mut request, &settings).await {
+        return refusal.response();
     }
+    stream(request, settings.get_ref().clone())
+}
+
+/// Resolves who is asking and checks the class rules; fills in identity and hidden fields.
+async fn authorize(req: &HttpRequest, request: &mut Request, settings: &SseSettings) -> Result<(), Refusal> {
+    let master = header(req, "x-parse-master-key")
+        .is_some_and(|key| settings.master_key.as_deref().is_some_and(|m| !m.is_empty() && constant_time_eq(m, key)));
+    let bearer = header(req, "authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let cookie = header(req, "cookie").and_then(|cookies| {
+        cookies
+            .split(';')
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(name, _)| *name == settings.token_cookie)
+            .map(|(_, value)| value.to_string())
+    });
+    let token = bearer.map(str::to_string).or(cookie).or(request.token.as_deref().map(str::to_string));
+    let mut identity = match &token {
+        None => Identity::default(),
+        Some(token) => settings.auth.identify(token).await.map_err(|e| Refusal {
+            status: match e {
+                TokenError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNAUTHORIZED,
+            },
+            code: CODE_INVALID_SESSION_TOKEN,
+            message: e.to_string(),
+        })?,
+    };
+    identity.master = master;
+    let subscription = &mut request.subscription;
+    let watch = subscription.watch.as_deref();
+    settings.rules.check(&subscription.class, &identity, &request.where_, watch).map_err(|denied| Refusal {
+        status: StatusCode::FORBIDDEN,
+        code: denied.code,
+        message: denied.message,
+    })?;
+    subscription.hidden = settings.rules.hidden_fields(&subscription.class, &identity);
+    subscription.identity = identity;
+    request.token = token.map(Into::into);
+    Ok(())
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 fn parse(req: &HttpRequest, class: String, settings: &SseSettings) -> Result<Request, Refusal> {
@@ -120,9 +185,10 @@ fn parse(req: &HttpRequest, class: String, settings: &SseSettings) -> Result<Req
         keys,
         watch,
         identity: Identity::default(),
+        hidden: None,
         positions: true,
     };
-    Ok(Request { subscription, since })
+    Ok(Request { subscription, since, where_, token: params.session_token.map(Into::into) })
 }
 
 /// `a,b,c` → field names; empty items and repeats are refused, as the WebSocket schema does.
@@ -148,6 +214,7 @@ fn request_id() -> RequestId {
 }
 
 fn stream(request: Request, settings: SseSettings) -> HttpResponse {
+    let request_identity = request.subscription.identity.clone();
     let (outbox, queue) = Outbox::new(settings.send_queue);
     let connection = settings.hub.register(outbox.clone());
     let mut guard = Registration { hub: settings.hub.clone(), connection, catchup: None };
@@ -195,7 +262,14 @@ fn stream(request: Request, settings: SseSettings) -> HttpResponse {
     let mut keepalive = interval_at(Instant::now() + settings.keepalive, settings.keepalive);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let first = Bytes::from(format!("retry: {}\n\n", settings.retry.as_millis()));
-    let state = Stream { first: Some(first), queue, outbox, keepalive, _registration: guard, ended: false };
+    let check = request.token.map(|token| TokenCheck {
+        auth: settings.auth.clone(),
+        token,
+        identity: request_identity,
+        every: settings.revalidate_every,
+        last: Instant::now(),
+    });
+    let state = Stream { first: Some(first), queue, outbox, keepalive, check, registration: guard, ended: false };
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache, no-transform"))
@@ -225,8 +299,36 @@ struct Stream {
     queue: mpsc::Receiver<Outgoing>,
     outbox: Outbox,
     keepalive: Interval,
-    _registration: Registration,
+    check: Option<TokenCheck>,
+    registration: Registration,
     ended: bool,
+}
+
+/// The stream's token, re-checked every `every` and at its expiry.
+struct TokenCheck {
+    auth: Authenticator,
+    token: Arc<str>,
+    identity: Identity,
+    every: Duration,
+    last: Instant,
+}
+
+impl TokenCheck {
+    fn due(&self) -> Instant {
+        let mut due = self.last + self.every;
+        if let Some(expires_at) = self.identity.expires_at {
+            let left = expires_at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
+            due = due.min((Instant::now() + left).max(self.last + Duration::from_secs(1)));
+        }
+        due
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Stream {
@@ -237,20 +339,66 @@ impl Stream {
         if self.ended {
             return None;
         }
-        let text = tokio::select! {
-            biased;
-            _ = self.outbox.closed() => {
-                self.ended = true;
-                frame_error(code::LIMIT_EXCEEDED, "send queue full: client too slow; reconnect to resume")
-            }
-            item = self.queue.recv() => match item {
-                Some(item) => frame(item),
-                None => return None,
-            },
-            _ = self.keepalive.tick() => ": keep-alive\n\n".to_string(),
+        let text = loop {
+            break tokio::select! {
+                biased;
+                _ = self.outbox.closed() => {
+                    self.ended = true;
+                    frame_error(code::LIMIT_EXCEEDED, "send queue full: client too slow; reconnect to resume")
+                }
+                item = self.queue.recv() => match item {
+                    Some(item) => frame(item),
+                    None => return None,
+                },
+                _ = self.keepalive.tick() => ": keep-alive\n\n".to_string(),
+                _ = sleep_until(self.check.as_ref().map(TokenCheck::due)) => match self.revalidate().await {
+                    Ok(()) => continue,
+                    Err(error_event) => {
+                        self.ended = true;
+                        // Everything up to where delivery stopped is already queued: send it
+                        // before the error, whose id is that position.
+                        let mut text = String::new();
+                        while let Ok(item) = self.queue.try_recv() {
+                            text.push_str(&frame(item));
+                        }
+                        text.push_str(&error_event);
+                        text
+                    }
+                },
+            };
         };
         self.keepalive.reset();
         Some((Ok(Bytes::from(text)), self))
+    }
+}
+
+impl Stream {
+    /// Re-checks the token: a changed identity is updated in the hub; a lapsed one stops
+    /// delivery and yields the final `error` event, whose id is where delivery stopped.
+    async fn revalidate(&mut self) -> Result<(), String> {
+        let Some(check) = self.check.as_mut() else { return Ok(()) };
+        check.last = Instant::now();
+        let mut identity = match check.auth.identify(&check.token).await {
+            Ok(identity) => identity,
+            Err(TokenError::Unavailable(why)) => {
+                tracing::warn!(why, "cannot re-check an SSE token; keeping its identity for now");
+                return Ok(());
+            }
+            Err(e) => {
+                let hub = &self.registration.hub;
+                let stopped =
+                    hub.suspend(self.registration.connection, &request_id()).unwrap_or_else(|| hub.position());
+                self.registration.hub.unsubscribe(self.registration.connection, &request_id());
+                let data = json!({"code": CODE_INVALID_SESSION_TOKEN, "error": e.to_string()});
+                return Err(format!("event: error\nid: {stopped}\ndata: {data}\n\n"));
+            }
+        };
+        identity.master = check.identity.master;
+        if identity != check.identity {
+            self.registration.hub.set_identity(self.registration.connection, &request_id(), identity.clone());
+            check.identity = identity;
+        }
+        Ok(())
     }
 }
 

@@ -64,7 +64,7 @@ async fn serve(mut socket: actix_ws::Session, mut stream: actix_ws::AggregatedMe
             _ = outbox.closed() => break Some(reason(CloseCode::Policy, "send queue full: client too slow")),
             message = stream.recv() => match message {
                 None | Some(Ok(AggregatedMessage::Close(_))) => break None,
-                Some(Ok(AggregatedMessage::Text(text))) => session.on_text(&text),
+                Some(Ok(AggregatedMessage::Text(text))) => session.on_text(&text).await,
                 Some(Ok(AggregatedMessage::Binary(_))) => session.on_binary(),
                 Some(Ok(AggregatedMessage::Ping(bytes))) => {
                     if socket.pong(&bytes).await.is_err() {
@@ -90,6 +90,7 @@ async fn serve(mut socket: actix_ws::Session, mut stream: actix_ws::AggregatedMe
                     _ = outbox.closed() => break Some(reason(CloseCode::Policy, "send queue full: client too slow")),
                 }
             }
+            _ = revalidation(session.next_check()) => session.revalidate().await,
             _ = ping.tick() => {
                 if awaiting_pong {
                     tracing::debug!("websocket peer missed a pong; dropping it");
@@ -105,6 +106,14 @@ async fn serve(mut socket: actix_ws::Session, mut stream: actix_ws::AggregatedMe
     // Leave the hub before the (possibly slow) close handshake.
     drop(session);
     let _ = socket.close(close).await;
+}
+
+/// Sleeps until the session's next token check, forever when it has no token to check.
+async fn revalidation(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn reason(code: CloseCode, description: &str) -> CloseReason {

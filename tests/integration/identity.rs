@@ -56,14 +56,14 @@ fn unknown() -> TokenError {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_tolerate_the_numbering_gap_and_rerun() {
+async fn migrations_apply_once_and_rerun_as_a_no_op() {
     let db = migrated().await;
     livegate::database::migrate(&db.pool).await.expect("a second run is a no-op");
     let versions: Vec<i32> = sqlx::query_scalar("select version from livegate.migrations order by version")
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1, 3]);
+    assert_eq!(versions, [1, 2, 3]);
     db.execute("insert into livegate.sessions (token, user_id) values ('t', 'u')").await;
     db.execute("insert into livegate.role_inheritance values ('Moderator', 'Admin')").await;
     let roles: Vec<String> =
