@@ -80,8 +80,10 @@ $$;
 -- and moves the floor past them. A change is outside retention when it was captured before
 -- now() - max_age (a null max_age keeps everything by age) or when more than keep changes
 -- follow it (a null keep keeps everything by count); pruning stops at the first change that
--- is inside both limits, so the retained history never has holes. Returns the rows deleted.
-create function livegate.prune(max_age interval, keep bigint, max_rows integer) returns bigint
+-- is inside both limits, so the retained history never has holes. Nothing after `upto` (what the
+-- calling gateway has published) is pruned, so a lagging gateway never skips unseen changes.
+-- Returns the rows deleted.
+create function livegate.prune(max_age interval, keep bigint, max_rows integer, upto bigint) returns bigint
 language plpgsql as $$
 declare
     stream_row livegate.stream%rowtype;
@@ -92,7 +94,7 @@ begin
     with window_rows as (
         select c.pos, c.captured_at
         from livegate.changes c
-        where c.pos > stream_row.floor and c.pos <= stream_row.head
+        where c.pos > stream_row.floor and c.pos <= least(stream_row.head, upto)
         order by c.pos
         limit max_rows
     ), first_kept as (

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 
 use crate::feed::History;
-use crate::hub::{self, ConnectionId, Hub, Outbox, Outgoing, Start, SubscribeError, Subscription};
+use crate::hub::{self, ConnectionId, Hub, Outbox, Outgoing, Reservation, Start, SubscribeError, Subscription};
 use crate::position::{Gap, Position};
 use crate::protocol::RequestId;
 
@@ -58,24 +58,25 @@ impl Catchup {
     /// Reserves the requestId and starts replaying. The caller may abort the task; the hub's
     /// reservation makes an unsubscribe during catch-up final either way.
     pub fn start(self: &Arc<Self>, resume: Resume) -> Result<AbortHandle, SubscribeError> {
-        self.hub.reserve(resume.connection, resume.request_id.clone())?;
+        let ticket = self.hub.reserve(resume.connection, resume.request_id.clone())?;
         let catchup = self.clone();
-        Ok(tokio::spawn(async move { catchup.run(resume).await }).abort_handle())
+        Ok(tokio::spawn(async move { catchup.run(resume, ticket).await }).abort_handle())
     }
 
-    async fn run(&self, resume: Resume) {
-        let gap = match self.replay(&resume).await {
+    async fn run(&self, resume: Resume, ticket: Reservation) {
+        let gap = match self.replay(&resume, ticket).await {
             Replayed::Live | Replayed::Gone => return,
             Replayed::Gap(gap) => gap,
         };
         let Resume { connection, request_id, subscription, outbox, replies, .. } = resume;
-        // The gap carries the position the client continues from once it has refetched.
-        let position = self.hub.position();
-        if !outbox.send(Outgoing::Gap { request_id: request_id.clone(), gap, position }).await {
-            return;
-        }
-        let subscribed = |p| (replies.subscribed)(p);
-        if let Err(e) = self.hub.subscribe(connection, request_id, subscription, Start::Reserved, subscribed) {
+        // The gap carries the exact position the subscription goes live at (queued under the
+        // hub's lock with the confirmation): the client refetches, then continues from there.
+        let gap_request = request_id.clone();
+        let subscribed = |position| {
+            outbox.push(Outgoing::Gap { request_id: gap_request, gap, position });
+            (replies.subscribed)(position)
+        };
+        if let Err(e) = self.hub.subscribe(connection, request_id, subscription, Start::Reserved(ticket), subscribed) {
             if let Some(reply) = (replies.refused)(&e) {
                 outbox.push(reply);
             }
@@ -83,7 +84,7 @@ impl Catchup {
     }
 
     /// Replays from `since` until the subscription is registered live where the replay ended.
-    async fn replay(&self, resume: &Resume) -> Replayed {
+    async fn replay(&self, resume: &Resume, ticket: Reservation) -> Replayed {
         let Resume { connection, request_id, subscription, since, outbox, replies } = resume;
         let mut cursor = since.offset;
         let mut waited = Duration::ZERO;
@@ -133,7 +134,7 @@ impl Catchup {
                 }
                 cursor = last;
             }
-            let at = Start::At(Position::new(since.epoch, cursor));
+            let at = Start::At(Position::new(since.epoch, cursor), ticket);
             let subscribed = |p| (replies.subscribed)(p);
             match self.hub.subscribe(*connection, request_id.clone(), subscription.clone(), at, subscribed) {
                 Ok(_) => return Replayed::Live,

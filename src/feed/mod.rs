@@ -95,7 +95,7 @@ impl Feed {
             check_origin: false,
         };
         let reader = tokio::spawn(reader.run(doorbell, Duration::from_millis(config.poll_interval_ms), backoff));
-        let pruner = tokio::spawn(prune(pool.clone(), retention.clone()));
+        let pruner = tokio::spawn(prune(pool.clone(), retention.clone(), position.clone()));
         let history = Arc::new(History {
             pool,
             catalog: Mutex::new(Catalog::new(config.aliases.clone())),
@@ -269,6 +269,13 @@ impl Reader {
             self.hub.start_epoch(Position::new(stream.epoch, stream.head));
             return Ok(0);
         }
+        if stream.floor > self.cursor {
+            // Another gateway pruned changes this one has not read yet: they are lost to its
+            // clients, who must be told rather than silently skip them.
+            tracing::warn!(floor = stream.floor, cursor = self.cursor, "unread changes were pruned");
+            sqlx::query("select livegate.new_epoch()").execute(&self.pool).await?;
+            return Ok(0);
+        }
         if stream.head < self.cursor {
             // Positions went backwards in the same epoch: the database was rolled back under
             // us. Start a new epoch so that no position is ever reused with other content.
@@ -349,7 +356,7 @@ impl History {
 }
 
 /// Deletes history outside retention every `prune_interval_ms`, one short transaction per batch.
-async fn prune(pool: PgPool, retention: HistoryConfig) {
+async fn prune(pool: PgPool, retention: HistoryConfig, published: Arc<AtomicI64>) {
     if retention.max_age_secs == 0 && retention.max_changes == 0 {
         return;
     }
@@ -360,10 +367,11 @@ async fn prune(pool: PgPool, retention: HistoryConfig) {
     loop {
         interval.tick().await;
         loop {
-            let deleted = sqlx::query_scalar::<_, i64>("select livegate.prune($1::interval, $2, $3)")
+            let deleted = sqlx::query_scalar::<_, i64>("select livegate.prune($1::interval, $2, $3, $4)")
                 .bind(max_age.as_deref())
                 .bind(keep)
                 .bind(retention.prune_batch as i32)
+                .bind(published.load(Ordering::Acquire))
                 .fetch_one(&pool)
                 .await;
             match deleted {

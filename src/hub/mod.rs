@@ -102,11 +102,16 @@ pub enum SubscribeError {
 pub enum Start {
     /// Live from the current position.
     Now,
-    /// Live from the current position, taking up a [`Hub::reserve`]d requestId.
-    Reserved,
-    /// Taking up a reserved requestId, only if the hub stands exactly at this position.
-    At(Position),
+    /// Live from the current position, taking up the [`Hub::reserve`]d requestId.
+    Reserved(Reservation),
+    /// Taking up the reserved requestId, only if the hub stands exactly at this position.
+    At(Position, Reservation),
 }
+
+/// A ticket for one reservation, so that a stale catch-up for a reused requestId can never take
+/// up a newer reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation(u64);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HubStats {
@@ -142,7 +147,7 @@ struct Connection {
     /// requestId → (class, query key), to find the group again.
     subscriptions: HashMap<RequestId, (Arc<str>, String)>,
     /// requestIds reserved by subscriptions that are still catching up.
-    reserved: std::collections::HashSet<RequestId>,
+    reserved: HashMap<RequestId, Reservation>,
 }
 
 #[derive(Default)]
@@ -214,7 +219,7 @@ impl Hub {
     /// Holds a requestId for a subscription that first catches up on history: it counts
     /// against the connection's limit, replaces any subscription with that id, and can be
     /// cancelled by [`Hub::unsubscribe`] until the subscription goes live.
-    pub fn reserve(&self, connection: ConnectionId, request_id: RequestId) -> Result<(), SubscribeError> {
+    pub fn reserve(&self, connection: ConnectionId, request_id: RequestId) -> Result<Reservation, SubscribeError> {
         let mut state = self.write();
         let state = &mut *state;
         let conn = state.connections.get_mut(&connection).ok_or(SubscribeError::UnknownConnection)?;
@@ -225,8 +230,9 @@ impl Hub {
         if conn.subscriptions.len() + conn.reserved.len() >= self.subscriptions_per_connection {
             return Err(SubscribeError::TooManySubscriptions { limit: self.subscriptions_per_connection });
         }
-        conn.reserved.insert(request_id);
-        Ok(())
+        let ticket = Reservation(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        conn.reserved.insert(request_id, ticket);
+        Ok(ticket)
     }
 
     /// Adds (or replaces, for a reused requestId) a subscription, then queues its confirmation
@@ -246,11 +252,11 @@ impl Hub {
         let conn = state.connections.get_mut(&connection).ok_or(SubscribeError::UnknownConnection)?;
         match start {
             Start::Now => {}
-            Start::Reserved | Start::At(_) if !conn.reserved.contains(&request_id) => {
+            Start::Reserved(ticket) | Start::At(_, ticket) if conn.reserved.get(&request_id) != Some(&ticket) => {
                 return Err(SubscribeError::Cancelled)
             }
-            Start::At(at) if at != live => return Err(SubscribeError::Moved(live)),
-            Start::Reserved | Start::At(_) => {
+            Start::At(at, _) if at != live => return Err(SubscribeError::Moved(live)),
+            Start::Reserved(_) | Start::At(..) => {
                 conn.reserved.remove(&request_id);
             }
         }
@@ -290,7 +296,7 @@ impl Hub {
         let mut state = self.write();
         let state = &mut *state;
         let Some(conn) = state.connections.get_mut(&connection) else { return false };
-        if conn.reserved.remove(request_id) {
+        if conn.reserved.remove(request_id).is_some() {
             return true;
         }
         let Some((class, key)) = conn.subscriptions.remove(request_id) else { return false };

@@ -67,16 +67,21 @@ impl Outbox {
         }
     }
 
-    /// Queues `item`, waiting while the queue is full (for catch-up, which may outpace the
-    /// client but must not drop it). Returns false when the connection is gone.
+    /// Queues `item` for catch-up, waiting while the queue is more than half full: a replay may
+    /// outpace the client but must neither drop it nor take the room live events need (a live
+    /// push into a full queue disconnects the client). Returns false when the connection is gone.
     pub async fn send(&self, item: Outgoing) -> bool {
-        if self.is_closed() {
-            return false;
+        let headroom = self.tx.max_capacity() / 2;
+        while self.tx.capacity() < headroom {
+            if self.is_closed() || self.tx.is_closed() {
+                return false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
+                _ = self.closed() => return false,
+            }
         }
-        tokio::select! {
-            sent = self.tx.send(item) => sent.is_ok(),
-            _ = self.closed() => false,
-        }
+        self.push(item)
     }
 
     /// Marks the connection for disconnection (its queue overflowed, or it is shutting down).
