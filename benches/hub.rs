@@ -6,6 +6,11 @@
 //!    and an unindexed one (`{n: {$gt: X}}`). Each change touches one room, so the indexed case
 //!    should cost about the same whatever the subscription count.
 //!
+//! 3. Authorization: 10,000 subscribers of one class, each on its own connection with its own
+//!    identity (a user and two of 50 roles), all matching every change; the per-change cost
+//!    of deciding who may read the row, for public rows, ACLs granting a few, and ACLs granting
+//!    nobody (pure checking cost, no deliveries).
+//!
 //! Run: `cargo bench --bench hub`.
 
 use std::hint::black_box;
@@ -139,8 +144,63 @@ fn hub(subscriptions: usize, indexed: bool, deliveries: bool) {
     );
 }
 
+/// `acl`: the row's read ACL (`None`: public). Every subscriber matches every change.
+fn authorization(label: &str, acl: Option<Value>) {
+    const SUBSCRIBERS: usize = 10_000;
+    let hub = Hub::new(1);
+    let mut queues = Vec::new();
+    for i in 0..SUBSCRIBERS {
+        let (outbox, rx) = Outbox::new(1 << 12);
+        let conn = hub.register(outbox);
+        let mut sub = subscription(json!({}));
+        sub.identity = Identity {
+            user_id: Some(format!("user{i}")),
+            roles: vec![format!("role{}", i % 50), format!("role{}", (i * 7 + 3) % 50)],
+            ..Identity::default()
+        };
+        hub.subscribe(conn, RequestId::from(1), sub, Start::Now, |_| Outgoing::Text(String::new())).expect("subscribes");
+        queues.push(rx);
+    }
+    for rx in &mut queues {
+        while rx.try_recv().is_ok() {}
+    }
+    let acl = acl.map(|acl| livegate::auth::ReadAcl::from_parse_acl(&acl));
+    let changes = 300;
+    let (mut busy, mut delivered) = (Duration::ZERO, 0usize);
+    for i in 0..changes {
+        let image = RowImage {
+            object: object(json!({"className": "Message", "objectId": i.to_string(), "body": "hello"})),
+            acl: acl.clone(),
+        };
+        let change =
+            Change { pos: i as i64, class: "Message".into(), kind: ChangeKind::Insert, old: None, new: Some(image) };
+        let start = Instant::now();
+        hub.publish(&change);
+        busy += start.elapsed();
+        for rx in &mut queues {
+            while rx.try_recv().is_ok() {
+                delivered += 1;
+            }
+        }
+    }
+    let per_change = busy.as_secs_f64() * 1e6 / changes as f64;
+    println!(
+        "auth     {label:<44} 10000 identities: {per_change:>7.0} us/change ({:>5.1} ns/subscriber, {} deliveries/change)",
+        per_change * 1e3 / SUBSCRIBERS as f64,
+        delivered / changes
+    );
+}
+
 fn main() {
     matcher();
+    authorization("public row (everyone reads)", None);
+    authorization("ACL: 1 user + 1 role (~2% read)", Some(json!({"user17": {"read": true}, "role:role3": {"read": true}})));
+    authorization("ACL: 20 users + 5 roles (~20% read)", Some(Value::Object(
+        (0..20).map(|u| (format!("user{}", u * 499), json!({"read": true})))
+            .chain((0..5).map(|r| (format!("role:role{}", r * 9), json!({"read": true}))))
+            .collect(),
+    )));
+    authorization("ACL: nobody but master (pure checking)", Some(json!({})));
     for (indexed, deliveries) in [(true, true), (true, false), (false, true)] {
         for subscriptions in [1_000, 10_000, 100_000] {
             hub(subscriptions, indexed, deliveries);
