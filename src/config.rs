@@ -367,6 +367,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_toml_states_the_defaults() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let shipped = Config::from_table(text.parse().unwrap(), env(&[])).unwrap();
+        assert_eq!(format!("{shipped:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let config = Config::from_table(toml::Table::new(), env(&[])).unwrap();
         assert_eq!(config.websocket.timeout_ms, 10_000);
