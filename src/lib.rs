@@ -5,12 +5,15 @@
 //! - [`feed`]: LISTEN/NOTIFY doorbell + ordered reads of the change table → [`hub::Change`]s.
 //! - [`hub`]: subscriptions by class and identical query, decision table, fan-out into bounded
 //!   per-connection outboxes. Never waits on a client.
-//! - [`session`]: one Parse LiveQuery connection's state machine (pure).
+//! - [`catchup`]: replays missed changes for a resuming subscription, then hands it to the hub.
+//! - [`position`]: stream positions (`<offset>-<epoch>`) and gap reasons (pure).
+//! - [`session`]: one Parse LiveQuery connection's state machine (no socket I/O).
 //! - [`protocol`]: Parse wire messages, validation and error codes (pure).
 //! - [`query`]: `where` JSON → compiled query; the matcher (pure).
-//! - [`auth`]: key pairs, identities, row read access.
-//! - [`transport`]: socket framing (WebSocket).
-//! - [`http`]: route table and health.
+//! - [`auth`]: key pairs, tokens → identities (JWT, session tokens, roles), class rules, row
+//!   read access.
+//! - [`transport`]: socket framing (WebSocket, Server-Sent Events).
+//! - [`http`]: route table, CORS and Origin rules, health, the demo page.
 //! - [`app`], [`config`], [`database`], [`telemetry`]: start-up plumbing.
 
 pub mod app;
