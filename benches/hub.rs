@@ -158,7 +158,8 @@ fn authorization(label: &str, acl: Option<Value>) {
             roles: vec![format!("role{}", i % 50), format!("role{}", (i * 7 + 3) % 50)],
             ..Identity::default()
         };
-        hub.subscribe(conn, RequestId::from(1), sub, Start::Now, |_| Outgoing::Text(String::new())).expect("subscribes");
+        hub.subscribe(conn, RequestId::from(1), sub, Start::Now, |_| Outgoing::Text(String::new()))
+            .expect("subscribes");
         queues.push(rx);
     }
     for rx in &mut queues {
@@ -194,12 +195,19 @@ fn authorization(label: &str, acl: Option<Value>) {
 fn main() {
     matcher();
     authorization("public row (everyone reads)", None);
-    authorization("ACL: 1 user + 1 role (~2% read)", Some(json!({"user17": {"read": true}, "role:role3": {"read": true}})));
-    authorization("ACL: 20 users + 5 roles (~20% read)", Some(Value::Object(
-        (0..20).map(|u| (format!("user{}", u * 499), json!({"read": true})))
-            .chain((0..5).map(|r| (format!("role:role{}", r * 9), json!({"read": true}))))
-            .collect(),
-    )));
+    authorization(
+        "ACL: 1 user + 1 role (~2% read)",
+        Some(json!({"user17": {"read": true}, "role:role3": {"read": true}})),
+    );
+    authorization(
+        "ACL: 20 users + 5 roles (~20% read)",
+        Some(Value::Object(
+            (0..20)
+                .map(|u| (format!("user{}", u * 499), json!({"read": true})))
+                .chain((0..5).map(|r| (format!("role:role{}", r * 9), json!({"read": true}))))
+                .collect(),
+        )),
+    );
     authorization("ACL: nobody but master (pure checking)", Some(json!({})));
     for (indexed, deliveries) in [(true, true), (true, false), (false, true)] {
         for subscriptions in [1_000, 10_000, 100_000] {

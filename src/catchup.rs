@@ -21,12 +21,15 @@ use crate::protocol::RequestId;
 /// gateway may be slightly ahead) before it is treated as history that was lost.
 const AHEAD_GRACE: Duration = Duration::from_secs(2);
 
+/// Builds the reply for a subscription that went live at a position.
+pub type SubscribedReply = Box<dyn Fn(Position) -> Outgoing + Send + Sync>;
+/// Builds the reply for a subscription the hub refused (`None`: send nothing).
+pub type RefusedReply = Box<dyn Fn(&SubscribeError) -> Option<Outgoing> + Send + Sync>;
+
 /// The replies a transport sends when catch-up ends.
 pub struct Replies {
-    /// The subscription is live from this position.
-    pub subscribed: Box<dyn Fn(Position) -> Outgoing + Send + Sync>,
-    /// The hub refused the subscription (limits); `None` sends nothing.
-    pub refused: Box<dyn Fn(&SubscribeError) -> Option<Outgoing> + Send + Sync>,
+    pub subscribed: SubscribedReply,
+    pub refused: RefusedReply,
 }
 
 /// One subscription to resume.

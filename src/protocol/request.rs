@@ -49,6 +49,7 @@ pub struct Subscribe {
 
 /// What one incoming text frame amounts to.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per frame; boxing would buy nothing
 pub enum Decoded {
     Request(Request),
     /// Failed schema validation: answer with code 1 and this message.

@@ -257,7 +257,8 @@ async fn class_rules_and_protected_fields() {
     .await;
     let user = user_token("u1", &["Other"], 600);
     let admin = user_token("u2", &["Admin"], 600);
-    let cases: [(&str, Option<&str>, bool, &str, Value, Option<(i64, &str)>); 9] = [
+    type Case<'a> = (&'a str, Option<&'a str>, bool, &'a str, Value, Option<(i64, &'a str)>);
+    let cases: [Case; 9] = [
         (
             "anonymous on members",
             None,
