@@ -435,3 +435,42 @@ async fn subscribed_means_live_on_both_transports() {
         assert_eq!(event["object"]["n"], i);
     }
 }
+
+/// A database copied from another (as a dump restored into a new database is) keeps the old
+/// epoch in its stream row, but it is not where the history was written: the gateway starts a new
+/// epoch on it, and positions from the original are refused with a gap rather than trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_database_starts_a_new_epoch() {
+    use sqlx::{Connection, Executor, PgConnection};
+    let app = TestApp::spawn().await;
+    let mut sse = SseClient::subscribe(app.port, "messages", &json!({}), "", &[]).await;
+    sse.expect("subscribed").await;
+    app.db.execute("insert into messages (id, room) values (1, 'r')").await;
+    let position = sse.expect("create").await.id();
+    drop(sse);
+    app.stop().await;
+    app.db.pool.close().await;
+
+    // CREATE DATABASE ... TEMPLATE copies every row, the stream's epoch included: a restore.
+    let copy = format!("{}_copy", app.db.name);
+    let mut admin = PgConnection::connect(&format!("{}/postgres", crate::support::server_url())).await.unwrap();
+    admin.execute(format!("create database {copy} template {}", app.db.name).as_str()).await.unwrap();
+    let restored = TestDb {
+        url: format!("{}/{copy}", crate::support::server_url()),
+        pool: sqlx::PgPool::connect(&format!("{}/{copy}", crate::support::server_url())).await.unwrap(),
+        name: copy,
+    };
+    let copied_epoch: String = sqlx::query_scalar("select replace(epoch::text, '-', '') from livegate.stream")
+        .fetch_one(&restored.pool)
+        .await
+        .unwrap();
+    assert!(position.ends_with(&copied_epoch), "the copy carries the original's epoch");
+
+    let app = TestApp::spawn_on(restored, |c| c.feed.tables = vec!["messages".into()]).await;
+    let mut sse = SseClient::subscribe(app.port, "messages", &json!({}), "", &[("Last-Event-ID", &position)]).await;
+    let gap = sse.expect("gap").await;
+    assert_eq!(gap.json()["reason"], "reset", "{gap:?}");
+    sse.expect("subscribed").await;
+    app.db.execute("insert into messages (id, room) values (2, 'r')").await;
+    assert_eq!(sse.expect("create").await.json()["object"]["objectId"], "2");
+}
