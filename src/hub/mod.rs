@@ -449,9 +449,9 @@ enum Shape {
     Delete,
     Enter,
     Leave,
-    /// Entered because read access was granted: no `original` (it was not readable).
+    /// Entered from a state the subscriber could not read: no `original`.
     EnterGranted,
-    /// Left because read access was lost: `object` is the last state the subscriber could read.
+    /// Left into a state the subscriber cannot read: `object` is the last state it could.
     LeaveRevoked,
 }
 
@@ -479,9 +479,12 @@ fn shape(change: &Change, matches: Matches, identity: &Identity, watch: Option<&
         ChangeKind::Insert => new_visible.then_some(Shape::Create)?,
         ChangeKind::Update => match (old_visible, new_visible) {
             (true, true) => Shape::Update,
-            (true, false) if matches.new => Shape::LeaveRevoked,
+            // A state the subscriber may not read is never sent, whether the query or the ACL
+            // decided the leave or enter: a leave then shows the last readable state, an enter
+            // comes without original.
+            (true, false) if !new_readable => Shape::LeaveRevoked,
             (true, false) => Shape::Leave,
-            (false, true) if matches.old => Shape::EnterGranted,
+            (false, true) if !old_readable => Shape::EnterGranted,
             (false, true) => Shape::Enter,
             (false, false) => return None,
         },

@@ -1,6 +1,7 @@
 //! The one integration test binary: every test gets a fresh database and the real server on
 //! port 0, and talks to it over real sockets.
 
+mod acl_oracle;
 mod authorization;
 mod browser;
 mod browser_rules;
