@@ -13,13 +13,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::auth::rules::ClassRules;
-use crate::auth::{check_keys, Authenticator, Identity, KeyCheck, TokenError};
+use crate::auth::{self, check_keys, Authenticator, Identity, KeyCheck, TokenError};
 use crate::catchup::{Catchup, Replies, Resume};
 use crate::config::KeyPairs;
 use crate::hub::{ConnectionId, Hub, IndexEntry, Outbox, Outgoing, Start, SubscribeError, Subscription};
@@ -318,18 +318,7 @@ impl ParseSession {
             .iter()
             .filter_map(|c| c.token.as_ref())
             .chain(self.held.values().filter_map(|h| h.token.as_ref()));
-        let mut next: Option<Instant> = None;
-        for verified in tokens {
-            let mut due = self.last_check + self.settings.revalidate_every;
-            if let Some(expires_at) = verified.identity.expires_at {
-                let left = expires_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-                // Not sooner than a second after the last check: a token within its verifier's
-                // clock leeway stays valid for a little while past its expiry.
-                due = due.min((Instant::now() + left).max(self.last_check + Duration::from_secs(1)));
-            }
-            next = Some(next.map_or(due, |n| n.min(due)));
-        }
-        next
+        tokens.map(|v| auth::next_check(&v.identity, self.last_check, self.settings.revalidate_every)).min()
     }
 
     /// Checks every token in use again. A subscription whose identity lapsed is suspended and
@@ -367,6 +356,7 @@ impl ParseSession {
             };
             match outcome {
                 Ok(mut identity) => {
+                    // The token's identity; master comes from the connection's key.
                     identity.master = client.master;
                     if identity != held.identity
                         && self.hub.set_identity(self.connection, &request_id, identity.clone())
@@ -384,15 +374,10 @@ impl ParseSession {
         }
     }
 
-    /// A token checked again; an outage does not count against the client.
     async fn reverify(&self, verified: &Verified) -> Result<Identity, TokenError> {
-        match self.verify(&verified.token).await {
-            Ok(v) => Ok(v.identity),
-            Err(TokenError::Unavailable(why)) => {
-                tracing::warn!(why, "cannot re-check a session token; keeping its identity for now");
-                Ok(verified.identity.clone())
-            }
-            Err(e) => Err(e),
+        match &self.settings.auth {
+            Some(auth) => auth.recheck(&verified.token, &verified.identity).await,
+            None => Err(TokenError::Invalid("session tokens are not accepted here".into())),
         }
     }
 

@@ -55,6 +55,33 @@ impl Authenticator {
             expires_at: claims.expires_at,
         })
     }
+
+    /// Checks a token in use again. An identity that cannot be checked right now (database
+    /// down) is kept: an outage does not count against the client. The master flag is kept.
+    pub async fn recheck(&self, token: &str, current: &Identity) -> Result<Identity, TokenError> {
+        match self.identify(token).await {
+            Ok(identity) => Ok(Identity { master: current.master, ..identity }),
+            Err(TokenError::Unavailable(why)) => {
+                tracing::warn!(why, "cannot re-check a token; keeping its identity for now");
+                Ok(current.clone())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// When a token in use should next be checked: every `every`, and at its expiry — but not
+/// sooner than a second after the last check, since a token within its verifier's clock leeway
+/// stays valid for a little while past its expiry.
+pub fn next_check(identity: &Identity, last: tokio::time::Instant, every: Duration) -> tokio::time::Instant {
+    let due = last + every;
+    match identity.expires_at {
+        None => due,
+        Some(expires_at) => {
+            let left = expires_at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
+            due.min((tokio::time::Instant::now() + left).max(last + Duration::from_secs(1)))
+        }
+    }
 }
 
 /// The identity a subscription is evaluated with.

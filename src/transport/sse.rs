@@ -315,12 +315,7 @@ struct TokenCheck {
 
 impl TokenCheck {
     fn due(&self) -> Instant {
-        let mut due = self.last + self.every;
-        if let Some(expires_at) = self.identity.expires_at {
-            let left = expires_at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
-            due = due.min((Instant::now() + left).max(self.last + Duration::from_secs(1)));
-        }
-        due
+        crate::auth::next_check(&self.identity, self.last, self.every)
     }
 }
 
@@ -378,12 +373,8 @@ impl Stream {
     async fn revalidate(&mut self) -> Result<(), String> {
         let Some(check) = self.check.as_mut() else { return Ok(()) };
         check.last = Instant::now();
-        let mut identity = match check.auth.identify(&check.token).await {
+        let identity = match check.auth.recheck(&check.token, &check.identity).await {
             Ok(identity) => identity,
-            Err(TokenError::Unavailable(why)) => {
-                tracing::warn!(why, "cannot re-check an SSE token; keeping its identity for now");
-                return Ok(());
-            }
             Err(e) => {
                 let hub = &self.registration.hub;
                 let stopped =
@@ -393,7 +384,6 @@ impl Stream {
                 return Err(format!("event: error\nid: {stopped}\ndata: {data}\n\n"));
             }
         };
-        identity.master = check.identity.master;
         if identity != check.identity {
             self.registration.hub.set_identity(self.registration.connection, &request_id(), identity.clone());
             check.identity = identity;
