@@ -14,32 +14,19 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use livegate::app::Application;
-use livegate::config::Config;
 use serde_json::{json, Value};
-use sqlx::{Connection, Executor, PgConnection};
 use tokio_tungstenite::tungstenite::Message;
+
+#[path = "support.rs"]
+mod support;
+
+use support::Bench;
 
 #[tokio::main]
 async fn main() {
     let changes: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(500);
-    let server =
-        std::env::var("LIVEGATE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("livegate_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.expect("connect to PostgreSQL");
-    admin.execute(format!("create database {name}").as_str()).await.expect("create database");
-    let url = format!("{server}/{name}");
-    let mut writer = PgConnection::connect(&url).await.expect("connect");
-    writer.execute("create table messages (id bigserial primary key, body text)").await.expect("create table");
-
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().expect("address");
-    config.database.url = url.clone();
-    config.feed.tables = vec!["messages".into()];
-    let app = Application::build(config).await.expect("start livegate");
-    let port = app.port();
-    let handle = app.handle();
-    tokio::spawn(app.run_until_stopped());
+    let mut bench = Bench::start().await;
+    let (port, writer) = (bench.port, &mut bench.writer);
 
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/")).await.expect("websocket");
     let send = |v: Value| Message::text(v.to_string());
@@ -64,7 +51,7 @@ async fn main() {
         let start = Instant::now();
         sqlx::query("insert into messages (body) values ($1)")
             .bind(format!("change {i}"))
-            .execute(&mut writer)
+            .execute(&mut *writer)
             .await
             .expect("insert");
         let committed = Instant::now();
@@ -80,9 +67,7 @@ async fn main() {
     report("INSERT sent -> frame", &mut sent[1..]);
     report("commit acked -> frame", &mut acked[1..]);
 
-    handle.stop(false).await;
-    drop(writer);
-    let _ = admin.execute(format!("drop database {name} with (force)").as_str()).await;
+    bench.stop().await;
 }
 
 fn report(label: &str, samples: &mut [Duration]) {

@@ -15,38 +15,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use livegate::app::Application;
-use livegate::config::Config;
 use livegate::hub::{Change, ChangeKind, Hub, RowImage};
 use serde_json::{json, Value};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Executor, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
+#[path = "support.rs"]
+mod support;
+
+use support::Bench;
+
 #[tokio::main]
 async fn main() {
     let changes: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10_000);
-    let server =
-        std::env::var("LIVEGATE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("livegate_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.expect("connect to PostgreSQL");
-    admin.execute(format!("create database {name}").as_str()).await.expect("create database");
-    let url = format!("{server}/{name}");
-    let mut writer = PgConnection::connect(&url).await.expect("connect");
-    writer.execute("create table messages (id bigserial primary key, body text)").await.expect("create table");
-
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().expect("address");
-    config.database.url = url.clone();
-    config.feed.tables = vec!["messages".into()];
-    let app = Application::build(config).await.expect("start livegate");
-    let port = app.port();
-    let hub = app.hub();
-    let handle = app.handle();
-    tokio::spawn(app.run_until_stopped());
+    let mut bench = Bench::start().await;
+    let (port, writer) = (bench.port, &mut bench.writer);
     let insert = format!("insert into messages (body) select 'change ' || g from generate_series(1, {changes}) g");
 
     // 1. End to end, bulk commits.
@@ -63,14 +50,14 @@ async fn main() {
     let mut sse = Sse::open(port, None).await;
     let mut ws = Ws::open(port, "now").await;
     let start = Instant::now();
-    inject(&hub, changes);
+    inject(&bench.hub, changes);
     let (sse_time, ws_time) = tokio::join!(sse.creates(changes, start), ws.creates(changes, start));
     report("transport only (hub.publish)", changes, sse_time.0, ws_time.0);
     drop((sse, ws));
 
     // 3. Resume after missing `changes` changes (committed while away, already published).
     writer.execute(insert.as_str()).await.expect("insert");
-    wait_published(&mut writer, port).await;
+    wait_published(writer, port).await;
     let start = Instant::now();
     let mut sse = Sse::open(port, Some(&sse_last)).await;
     sse.until_subscribed(changes).await;
@@ -87,9 +74,7 @@ async fn main() {
         changes as f64 / ws_resume.as_secs_f64()
     );
 
-    handle.stop(true).await;
-    drop(writer);
-    admin.execute(format!("drop database {name} with (force)").as_str()).await.expect("drop database");
+    bench.stop().await;
 }
 
 fn report(label: &str, changes: usize, sse: Duration, ws: Duration) {
