@@ -221,20 +221,12 @@ fn stream(request: Request, settings: SseSettings) -> HttpResponse {
     let subscribed = |position: Position| {
         Outgoing::Text(format!("event: subscribed\nid: {position}\ndata: {{\"position\":\"{position}\"}}\n\n"))
     };
-    match request.since {
+    // The stream's own connection holds one subscription, so the hub can only refuse it if
+    // the connection vanished meanwhile; answered as a server error, never silently.
+    let registered = match request.since {
+        // Registered before the response starts: no change after the first byte is missed.
         None => {
-            // Registered before the response starts: no change after the first byte is missed.
-            if let Err(e) =
-                settings.hub.subscribe(connection, request_id(), request.subscription, Start::Now, subscribed)
-            {
-                tracing::warn!(error = ?e, "an SSE subscription was refused");
-                return Refusal {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: 1,
-                    message: "cannot subscribe".into(),
-                }
-                .response();
-            }
+            settings.hub.subscribe(connection, request_id(), request.subscription, Start::Now, subscribed).map(|_| ())
         }
         Some(since) => {
             let resume = Resume {
@@ -245,19 +237,13 @@ fn stream(request: Request, settings: SseSettings) -> HttpResponse {
                 outbox: outbox.clone(),
                 replies: Replies { subscribed: Box::new(subscribed), refused: Box::new(|_| None) },
             };
-            match settings.catchup.start(resume) {
-                Ok(task) => guard.catchup = Some(task),
-                Err(e) => {
-                    tracing::warn!(error = ?e, "an SSE resume was refused");
-                    return Refusal {
-                        status: StatusCode::SERVICE_UNAVAILABLE,
-                        code: 1,
-                        message: "cannot subscribe".into(),
-                    }
-                    .response();
-                }
-            }
+            settings.catchup.start(resume).map(|task| guard.catchup = Some(task))
         }
+    };
+    if let Err(e) = registered {
+        tracing::warn!(error = ?e, "an SSE subscription was refused");
+        let message = "cannot subscribe".to_string();
+        return Refusal { status: StatusCode::SERVICE_UNAVAILABLE, code: 1, message }.response();
     }
     let mut keepalive = interval_at(Instant::now() + settings.keepalive, settings.keepalive);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
