@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livegate::auth::Identity;
-use livegate::hub::{Change, ChangeKind, Hub, IndexEntry, Outbox, Outgoing, RowImage, Start, Subscription};
+use livegate::hub::{Change, ChangeKind, Hub, Outbox, Outgoing, RowImage, Start, Subscription};
 use livegate::protocol::RequestId;
-use livegate::query::{canonical_key, Query, QueryLimits};
+use livegate::query::{Query, QueryLimits};
 use serde_json::{json, Map, Value};
 
 fn object(v: Value) -> Map<String, Value> {
@@ -68,18 +68,7 @@ fn matcher() {
 }
 
 fn subscription(where_: Value) -> Subscription {
-    let where_ = object(where_);
-    Subscription {
-        class: "Message".into(),
-        key: canonical_key("Message", &where_),
-        index: IndexEntry::of(&where_),
-        query: Arc::new(Query::compile(&where_, QueryLimits::default()).expect("compiles")),
-        keys: None,
-        watch: None,
-        identity: Identity::default(),
-        hidden: None,
-        positions: false,
-    }
+    Subscription::new("Message", &object(where_), QueryLimits::default(), None, None).expect("compiles")
 }
 
 /// `deliveries`: whether each change matches ten subscriptions (true) or none (false, which
@@ -99,10 +88,7 @@ fn hub(subscriptions: usize, indexed: bool, deliveries: bool) {
             } else {
                 json!({"n": {"$gte": i % rooms, "$lte": i % rooms}})
             };
-            hub.subscribe(conn, RequestId::from(s as i64), subscription(where_), Start::Now, |_| {
-                Outgoing::Text(String::new())
-            })
-            .expect("subscribes");
+            hub.subscribe(conn, RequestId::from(s as i64), subscription(where_), Start::Now).expect("subscribes");
         }
         queues.push(rx);
     }
@@ -158,8 +144,7 @@ fn authorization(label: &str, acl: Option<Value>) {
             roles: vec![format!("role{}", i % 50), format!("role{}", (i * 7 + 3) % 50)],
             ..Identity::default()
         };
-        hub.subscribe(conn, RequestId::from(1), sub, Start::Now, |_| Outgoing::Text(String::new()))
-            .expect("subscribes");
+        hub.subscribe(conn, RequestId::from(1), sub, Start::Now).expect("subscribes");
         queues.push(rx);
     }
     for rx in &mut queues {

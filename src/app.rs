@@ -1,22 +1,22 @@
-//! Builds the gateway from a [`Config`]: database (created and migrated), watched tables, feed,
-//! hub and HTTP server on a `TcpListener` (port 0 in tests), and runs it until stopped.
+//! Builds the gateway from a [`Config`]: the configuration validated once into [`Settings`],
+//! the database (created and migrated), watched tables, feed, hub, the subscribe pipeline and
+//! the HTTP server on a `TcpListener` (port 0 in tests), and runs it until stopped.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
-use crate::auth::jwt::JwtVerifier;
-use crate::auth::rules::ClassRules;
+use crate::admission::Admission;
 use crate::auth::sessions::SessionStore;
 use crate::auth::Authenticator;
 use crate::catchup::Catchup;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Settings};
 use crate::database::{self, DatabaseError};
 use crate::feed::{self, Feed};
-use crate::http::cors::{self, OriginPolicy};
+use crate::http::cors;
 use crate::http::{self, HealthState};
 use crate::hub::Hub;
 use crate::session::SessionSettings;
@@ -25,11 +25,20 @@ use crate::transport::ws::WsSettings;
 
 /// Why the gateway could not start; `Display` is the one line shown to the operator.
 #[derive(Debug)]
-pub struct StartError(pub String);
+pub enum StartError {
+    Config(ConfigError),
+    Database(DatabaseError),
+    /// The listen address cannot be bound, or served on.
+    Listen { action: &'static str, address: SocketAddr, source: std::io::Error },
+}
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            StartError::Config(e) => e.fmt(f),
+            StartError::Database(e) => e.fmt(f),
+            StartError::Listen { action, address, source } => write!(f, "cannot {action} {address}: {source}"),
+        }
     }
 }
 
@@ -37,7 +46,13 @@ impl std::error::Error for StartError {}
 
 impl From<DatabaseError> for StartError {
     fn from(e: DatabaseError) -> Self {
-        StartError(e.0)
+        StartError::Database(e)
+    }
+}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        StartError::Config(e)
     }
 }
 
@@ -50,77 +65,25 @@ pub struct Application {
 }
 
 impl Application {
+    /// Validates `config`, then starts everything; nothing touches the database before the
+    /// configuration is known to be good.
     pub async fn build(config: Config) -> Result<Application, StartError> {
-        let pool = database::open_pool(&config.database).await?;
+        let settings = config.validate()?;
+        let pool = database::open_pool(&settings.database).await?;
         database::migrate(&pool).await?;
-        for table in &config.feed.tables {
+        for table in &settings.feed.tables {
             feed::watch(&pool, table).await?;
         }
-        let hub = Arc::new(Hub::new(config.limits.subscriptions_per_connection));
-        let listener_options = database::connect_options(&config.database, feed::LISTENER_APPLICATION_NAME)?;
-        let jwt = JwtVerifier::from_config(&config.jwt)
-            .map_err(|e| StartError(format!("invalid configuration: jwt: {e}")))?;
-        let auth = Authenticator::new(jwt, SessionStore::new(pool.clone(), &config.sessions));
-        let rules =
-            Arc::new(ClassRules::new(&config.classes).map_err(|e| StartError(format!("invalid configuration: {e}")))?);
-        let revalidate_every = Duration::from_millis(config.sessions.cache_ttl_ms.max(100));
-        let feed = Feed::start(pool, listener_options, hub.clone(), &config.feed, &config.history).await?;
-        let catchup = Arc::new(Catchup::new(hub.clone(), feed.history()));
-
-        let listener = TcpListener::bind(config.server.listen)
-            .map_err(|e| StartError(format!("cannot listen on {}: {e}", config.server.listen)))?;
-        let port = listener.local_addr().map_err(|e| StartError(format!("cannot read the bound address: {e}")))?.port();
-        let origins = Arc::new(
-            OriginPolicy::new(&config.browser)
-                .map_err(|e| StartError(format!("invalid configuration: browser.allowed_origins: {e}")))?,
-        );
-        let ws = WsSettings {
-            hub: hub.clone(),
-            session: Arc::new(SessionSettings {
-                keys: config.keys.clone(),
-                query_limits: config.query_limits(),
-                catchup: Some(catchup.clone()),
-                auth: Some(auth.clone()),
-                rules: rules.clone(),
-                revalidate_every,
-            }),
-            ping_interval: config.websocket_timeout(),
-            max_frame_bytes: config.websocket.max_frame_bytes,
-            send_queue: config.limits.send_queue,
-            origins: origins.clone(),
-        };
-        let sse = SseSettings {
-            hub: hub.clone(),
-            auth,
-            rules,
-            master_key: config.keys.master_key.clone(),
-            token_cookie: config.sse.token_cookie.clone(),
-            revalidate_every,
-            catchup,
-            query_limits: config.query_limits(),
-            keepalive: Duration::from_millis(config.sse.keepalive_ms),
-            retry: Duration::from_millis(config.sse.retry_ms),
-            send_queue: config.limits.send_queue,
-        };
+        let hub = Arc::new(Hub::new(settings.subscriptions_per_connection));
+        let listener_options = database::connect_options(&settings.database, feed::LISTENER_APPLICATION_NAME)?;
+        let sessions = SessionStore::new(pool.clone(), &settings.sessions);
+        let feed = Feed::start(pool, listener_options, hub.clone(), &settings.feed, &settings.history).await?;
+        let address = settings.server.listen;
+        let listener = TcpListener::bind(address).map_err(|source| listen_error("listen on", address, source))?;
+        let port = listener.local_addr().map_err(|source| listen_error("listen on", address, source))?.port();
         let health = HealthState { hub: hub.clone(), feed_position: feed.position_handle() };
-        let mut server = HttpServer::new(move || {
-            let origins = origins.clone();
-            App::new()
-                .wrap_fn(move |req, srv| cors::apply(&origins, req, srv))
-                .app_data(web::Data::new(ws.clone()))
-                .app_data(web::Data::new(sse.clone()))
-                .app_data(web::Data::new(health.clone()))
-                .configure(http::routes)
-        })
-        .shutdown_timeout(5)
-        .disable_signals();
-        if config.server.workers > 0 {
-            server = server.workers(config.server.workers);
-        }
-        let server = server
-            .listen(listener)
-            .map_err(|e| StartError(format!("cannot serve on {}: {e}", config.server.listen)))?
-            .run();
+        let catchup = Arc::new(Catchup::new(hub.clone(), feed.history()));
+        let server = serve(listener, settings, hub.clone(), catchup, sessions, health)?;
         Ok(Application { server, port, feed, hub })
     }
 
@@ -144,6 +107,56 @@ impl Application {
         drop(feed);
         result
     }
+}
+
+fn listen_error(action: &'static str, address: SocketAddr, source: std::io::Error) -> StartError {
+    StartError::Listen { action, address, source }
+}
+
+/// The HTTP server on `listener`: both transports over one subscribe pipeline, CORS and the
+/// Origin check in front of every route.
+fn serve(
+    listener: TcpListener,
+    settings: Settings,
+    hub: Arc<Hub>,
+    catchup: Arc<Catchup>,
+    sessions: SessionStore,
+    health: HealthState,
+) -> Result<Server, StartError> {
+    let Settings { server, websocket, sse, send_queue, keys, origins, jwt, rules, .. } = settings;
+    let tokens = Arc::new(Authenticator::new(jwt, sessions));
+    let admission = Arc::new(Admission::new(
+        hub,
+        catchup,
+        tokens,
+        Arc::new(rules),
+        settings.query_limits,
+        settings.revalidate_every,
+    ));
+    let sse = SseSettings { admission: admission.clone(), master_key: keys.master_key.clone(), config: sse, send_queue };
+    let ws = WsSettings {
+        session: Arc::new(SessionSettings { keys, admission }),
+        ping_interval: Duration::from_millis(websocket.timeout_ms),
+        max_frame_bytes: websocket.max_frame_bytes,
+        send_queue,
+    };
+    let origins = Arc::new(origins);
+    let mut http = HttpServer::new(move || {
+        let origins = origins.clone();
+        App::new()
+            .wrap_fn(move |req, srv| cors::apply(&origins, req, srv))
+            .app_data(web::Data::new(ws.clone()))
+            .app_data(web::Data::new(sse.clone()))
+            .app_data(web::Data::new(health.clone()))
+            .configure(http::routes)
+    })
+    .shutdown_timeout(5)
+    .disable_signals();
+    if server.workers > 0 {
+        http = http.workers(server.workers);
+    }
+    let address = server.listen;
+    Ok(http.listen(listener).map_err(|source| listen_error("serve on", address, source))?.run())
 }
 
 /// Stops a running application gracefully within `timeout`.

@@ -1,35 +1,49 @@
 //! Catch-up for a resuming subscriber: replays the changes it missed from retained history, in
 //! order, into its outbox (waiting for the client, never dropping it), then registers it in the
 //! hub at exactly the position the replay reached, so live delivery continues with no gap and no
-//! duplicate. When the position cannot be honoured (pruned, another epoch) the subscriber is told
-//! with a gap and goes live from now.
+//! duplicate. When the position cannot be honoured (pruned, another epoch, too far ahead) the
+//! subscriber is told with a gap and goes live from now.
 //!
 //! The replay runs on its own task per subscription, so neither the hub nor the client's other
-//! subscriptions wait for it.
+//! subscriptions wait for it. History comes through [`HistorySource`] (the feed's change table
+//! in production, a list in the tests below).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::task::AbortHandle;
+use uuid::Uuid;
 
-use crate::feed::History;
-use crate::hub::{self, ConnectionId, Hub, Outbox, Outgoing, Reservation, Start, SubscribeError, Subscription};
+use crate::hub::{self, Change, ConnectionId, Hub, Outbox, Outgoing, Reservation, Start, SubscribeError, Subscription};
 use crate::position::{Gap, Position};
 use crate::protocol::RequestId;
 
 /// How long a position ahead of this gateway's live stream is given to be reached (another
 /// gateway may be slightly ahead) before it is treated as history that was lost.
 const AHEAD_GRACE: Duration = Duration::from_secs(2);
+/// How often a position ahead of the live stream is looked at again.
+const AHEAD_POLL: Duration = Duration::from_millis(20);
+/// Pause before retrying a failed history read.
+const READ_RETRY: Duration = Duration::from_millis(500);
 
-/// Builds the reply for a subscription that went live at a position.
-pub type SubscribedReply = Box<dyn Fn(Position) -> Outgoing + Send + Sync>;
-/// Builds the reply for a subscription the hub refused (`None`: send nothing).
-pub type RefusedReply = Box<dyn Fn(&SubscribeError) -> Option<Outgoing> + Send + Sync>;
+/// One read of history, with the stream state it was read under (one snapshot).
+#[derive(Debug)]
+pub struct HistoryBatch {
+    pub epoch: Uuid,
+    /// Changes at or below the floor are gone.
+    pub floor: i64,
+    /// In position order, at most one batch.
+    pub changes: Vec<Change>,
+}
 
-/// The replies a transport sends when catch-up ends.
-pub struct Replies {
-    pub subscribed: SubscribedReply,
-    pub refused: RefusedReply,
+pub type HistoryError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Retained changes, as catch-up reads them.
+pub trait HistorySource: Send + Sync {
+    /// Changes with `after < pos <= upto`, at most one batch. The epoch and floor are read in the
+    /// same snapshot, so if `floor <= after` the batch is complete however pruning races.
+    fn read(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<HistoryBatch, HistoryError>>;
 }
 
 /// One subscription to resume.
@@ -39,12 +53,11 @@ pub struct Resume {
     pub subscription: Subscription,
     pub since: Position,
     pub outbox: Outbox,
-    pub replies: Replies,
 }
 
 pub struct Catchup {
     hub: Arc<Hub>,
-    history: Arc<History>,
+    history: Arc<dyn HistorySource>,
 }
 
 impl std::fmt::Debug for Catchup {
@@ -53,8 +66,18 @@ impl std::fmt::Debug for Catchup {
     }
 }
 
+/// How a replay ended.
+enum Replayed {
+    /// Registered live where the replay ended.
+    Live,
+    /// History cannot be replayed: go live from now after telling the client.
+    Gap(Gap),
+    /// The client left, or the hub refused it (and the client was told).
+    Gone,
+}
+
 impl Catchup {
-    pub fn new(hub: Arc<Hub>, history: Arc<History>) -> Catchup {
+    pub fn new(hub: Arc<Hub>, history: Arc<dyn HistorySource>) -> Catchup {
         Catchup { hub, history }
     }
 
@@ -71,91 +94,109 @@ impl Catchup {
             Replayed::Live | Replayed::Gone => return,
             Replayed::Gap(gap) => gap,
         };
-        let Resume { connection, request_id, subscription, outbox, replies, .. } = resume;
-        // The gap carries the exact position the subscription goes live at (queued under the
-        // hub's lock with the confirmation): the client refetches, then continues from there.
-        let gap_request = request_id.clone();
-        let subscribed = |position| {
-            outbox.push(Outgoing::Gap { request_id: gap_request, gap, position });
-            (replies.subscribed)(position)
-        };
-        if let Err(e) = self.hub.subscribe(connection, request_id, subscription, Start::Reserved(ticket), subscribed) {
-            if let Some(reply) = (replies.refused)(&e) {
-                outbox.push(reply);
-            }
+        // The hub queues the gap, at the exact position the subscription goes live at, under
+        // its lock with the confirmation: the client refetches, then continues from there.
+        let Resume { connection, request_id, subscription, outbox, .. } = resume;
+        if let Err(e) = self.hub.subscribe(connection, request_id.clone(), subscription, Start::AfterGap(ticket, gap)) {
+            refuse(&outbox, request_id, &e);
         }
     }
 
     /// Replays from `since` until the subscription is registered live where the replay ended.
     async fn replay(&self, resume: &Resume, ticket: Reservation) -> Replayed {
-        let Resume { connection, request_id, subscription, since, outbox, replies } = resume;
+        let Resume { connection, request_id, subscription, since, outbox } = resume;
         let mut cursor = since.offset;
-        let mut waited = Duration::ZERO;
         loop {
-            let live = self.hub.position();
-            if live.epoch != since.epoch {
-                return Replayed::Gap(Gap::Reset);
-            }
-            if cursor > live.offset {
-                if waited >= AHEAD_GRACE {
-                    return Replayed::Gap(Gap::Reset);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                waited += Duration::from_millis(20);
-                continue;
-            }
-            while cursor < live.offset {
-                let batch = loop {
-                    match self.history.read(cursor, live.offset).await {
-                        Ok(batch) => break batch,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reading history for a resuming client failed; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                                _ = outbox.closed() => return Replayed::Gone,
-                            }
-                        }
-                    }
-                };
-                if batch.epoch != since.epoch {
-                    return Replayed::Gap(Gap::Reset);
-                }
-                if batch.floor > cursor {
-                    return Replayed::Gap(Gap::Expired);
-                }
-                let Some(last) = batch.changes.last().map(|c| c.pos) else {
-                    // Nothing after the cursor was pruned (checked above), so nothing is there.
-                    cursor = live.offset;
-                    break;
-                };
-                for change in &batch.changes {
-                    if let Some(delivery) = hub::replay(subscription, request_id, change, since.epoch) {
-                        if !outbox.send(Outgoing::Event(delivery)).await {
-                            return Replayed::Gone;
-                        }
-                    }
-                }
-                cursor = last;
+            let live = match self.reachable(*since, cursor).await {
+                Ok(live) => live,
+                Err(gap) => return Replayed::Gap(gap),
+            };
+            if let Err(ended) = self.replay_upto(resume, &mut cursor, live).await {
+                return ended;
             }
             let at = Start::At(Position::new(since.epoch, cursor), ticket);
-            let subscribed = |p| (replies.subscribed)(p);
-            match self.hub.subscribe(*connection, request_id.clone(), subscription.clone(), at, subscribed) {
+            match self.hub.subscribe(*connection, request_id.clone(), subscription.clone(), at) {
                 Ok(_) => return Replayed::Live,
                 // Live delivery moved on while we read: replay the difference and try again.
                 Err(SubscribeError::Moved(_)) => continue,
                 Err(e) => {
-                    if let Some(reply) = (replies.refused)(&e) {
-                        outbox.push(reply);
-                    }
+                    refuse(outbox, request_id.clone(), &e);
                     return Replayed::Gone;
+                }
+            }
+        }
+    }
+
+    /// The live offset to replay up to, once the hub has reached `cursor` in `since`'s epoch.
+    async fn reachable(&self, since: Position, cursor: i64) -> Result<i64, Gap> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let live = self.hub.position();
+            if live.epoch != since.epoch {
+                return Err(Gap::Reset);
+            }
+            if cursor <= live.offset {
+                return Ok(live.offset);
+            }
+            if waited >= AHEAD_GRACE {
+                return Err(Gap::Reset);
+            }
+            tokio::time::sleep(AHEAD_POLL).await;
+            waited += AHEAD_POLL;
+        }
+    }
+
+    /// Replays history in `(cursor, upto]` into the outbox, moving `cursor` along.
+    async fn replay_upto(&self, resume: &Resume, cursor: &mut i64, upto: i64) -> Result<(), Replayed> {
+        let Resume { request_id, subscription, since, outbox, .. } = resume;
+        while *cursor < upto {
+            let batch = self.read(*cursor, upto, outbox).await.ok_or(Replayed::Gone)?;
+            if batch.epoch != since.epoch {
+                return Err(Replayed::Gap(Gap::Reset));
+            }
+            if batch.floor > *cursor {
+                return Err(Replayed::Gap(Gap::Expired));
+            }
+            let Some(last) = batch.changes.last().map(|c| c.pos) else {
+                // Nothing after the cursor was pruned (checked above), so nothing is there.
+                *cursor = upto;
+                break;
+            };
+            for change in &batch.changes {
+                if let Some(delivery) = hub::replay(subscription, request_id, change, since.epoch) {
+                    if !outbox.send(Outgoing::Event(delivery)).await {
+                        return Err(Replayed::Gone);
+                    }
+                }
+            }
+            *cursor = last;
+        }
+        Ok(())
+    }
+
+    /// One batch of history, retried until it is read; `None` when the client left meanwhile.
+    async fn read(&self, after: i64, upto: i64, outbox: &Outbox) -> Option<HistoryBatch> {
+        loop {
+            match self.history.read(after, upto).await {
+                Ok(batch) => return Some(batch),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading history for a resuming client failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(READ_RETRY) => {}
+                        _ = outbox.closed() => return None,
+                    }
                 }
             }
         }
     }
 }
 
-enum Replayed {
-    Live,
-    Gap(Gap),
-    Gone,
+/// Tells the client why its subscription could not go live, when there is something to say.
+fn refuse(outbox: &Outbox, request_id: RequestId, error: &SubscribeError) {
+    if let Some(refusal) = error.refusal() {
+        outbox.push(Outgoing::Refused { request_id, refusal });
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,8 +16,13 @@ use serde::Deserialize;
 use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::auth::rules::{ClassRule, ClassRules};
 use crate::auth::sessions::SessionConfig;
-
+use crate::database::DatabaseConfig;
+use crate::feed::{FeedConfig, HistoryConfig};
 use crate::http::cors::{BrowserConfig, OriginPolicy};
+use crate::protocol::KeyPairs;
+use crate::query::QueryLimits;
+use crate::transport::sse::SseConfig;
+use crate::transport::ws::WebSocketConfig;
 
 /// The whole configuration. Every field has a default, so an empty file is a valid config.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -55,111 +60,6 @@ impl Default for ServerConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DatabaseConfig {
-    pub url: String,
-    /// Create the database when it does not exist (needs CREATEDB on the server).
-    pub create_if_missing: bool,
-    /// Size of the pool used for reads of the change table and start-up work.
-    pub max_connections: u32,
-    /// How long start-up waits for the database before giving up, in milliseconds.
-    pub connect_timeout_ms: u64,
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        DatabaseConfig {
-            url: "postgres://postgres@127.0.0.1:5432/livegate".into(),
-            create_if_missing: true,
-            max_connections: 4,
-            connect_timeout_ms: 5_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FeedConfig {
-    /// Tables watched at start-up (`schema.table` or `table` for `public`).
-    pub tables: Vec<String>,
-    /// Class name per table, when it should differ from the table name.
-    pub aliases: BTreeMap<String, String>,
-    /// The change table is read at least this often even when no NOTIFY arrives.
-    pub poll_interval_ms: u64,
-    /// Rows read from the change table per query.
-    pub batch_size: u32,
-    /// First and largest delay between attempts to re-establish a lost listener.
-    pub reconnect_min_ms: u64,
-    pub reconnect_max_ms: u64,
-}
-
-impl Default for FeedConfig {
-    fn default() -> Self {
-        FeedConfig {
-            tables: Vec::new(),
-            aliases: BTreeMap::new(),
-            poll_interval_ms: 500,
-            batch_size: 1_000,
-            reconnect_min_ms: 100,
-            reconnect_max_ms: 5_000,
-        }
-    }
-}
-
-/// Retention of the change table: what clients can resume from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HistoryConfig {
-    /// Changes older than this are pruned, in seconds; 0 keeps changes regardless of age.
-    pub max_age_secs: u64,
-    /// At most this many of the newest changes are kept; 0 keeps any number.
-    pub max_changes: u64,
-    /// How often the pruner runs, in milliseconds.
-    pub prune_interval_ms: u64,
-    /// Rows deleted per pruning transaction (short transactions keep the table available).
-    pub prune_batch: u32,
-}
-
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        HistoryConfig { max_age_secs: 24 * 3600, max_changes: 1_000_000, prune_interval_ms: 60_000, prune_batch: 5_000 }
-    }
-}
-
-/// Server-Sent Events for browsers.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SseConfig {
-    /// A comment line is sent this often on an idle stream, so proxies and browsers keep it.
-    pub keepalive_ms: u64,
-    /// The `retry:` hint: how long a browser waits before reconnecting.
-    pub retry_ms: u64,
-    /// Name of the cookie a session token may travel in.
-    pub token_cookie: String,
-}
-
-impl Default for SseConfig {
-    fn default() -> Self {
-        SseConfig { keepalive_ms: 15_000, retry_ms: 2_000, token_cookie: "livegate_token".into() }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebSocketConfig {
-    /// Ping interval; a peer that has not answered the previous ping is dropped.
-    pub timeout_ms: u64,
-    /// Largest frame (and message) a client may send, in bytes.
-    pub max_frame_bytes: usize,
-}
-
-impl Default for WebSocketConfig {
-    fn default() -> Self {
-        WebSocketConfig { timeout_ms: 10_000, max_frame_bytes: 64 * 1024 }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Frames a connection may have waiting; a client whose queue fills is disconnected.
     pub send_queue: usize,
@@ -188,33 +88,15 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Parse key pairs. When at least one is set, `connect` must present a matching one (code 4).
-#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KeyPairs {
-    pub javascript_key: Option<String>,
-    pub client_key: Option<String>,
-    pub rest_api_key: Option<String>,
-    pub windows_key: Option<String>,
-    pub master_key: Option<String>,
-}
-
-impl fmt::Debug for KeyPairs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let set = |k: &Option<String>| if k.is_some() { "<set>" } else { "<unset>" };
-        f.debug_struct("KeyPairs")
-            .field("javascriptKey", &set(&self.javascript_key))
-            .field("clientKey", &set(&self.client_key))
-            .field("restAPIKey", &set(&self.rest_api_key))
-            .field("windowsKey", &set(&self.windows_key))
-            .field("masterKey", &set(&self.master_key))
-            .finish()
-    }
-}
-
 /// A configuration that could not be loaded; its `Display` is the one line shown to the operator.
 #[derive(Debug)]
-pub struct ConfigError(pub String);
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn invalid(what: impl fmt::Display) -> ConfigError {
+        ConfigError(format!("invalid configuration: {what}"))
+    }
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -222,11 +104,34 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A validated configuration, in the form each module takes it: checked values and the objects
+/// built from them (JWT keys, class rules, the origin policy). Only [`Config::validate`] makes one.
+pub struct Settings {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub feed: FeedConfig,
+    pub history: HistoryConfig,
+    pub websocket: WebSocketConfig,
+    pub sse: SseConfig,
+    /// Frames a connection may have waiting (`limits.send_queue`).
+    pub send_queue: usize,
+    pub subscriptions_per_connection: usize,
+    pub query_limits: QueryLimits,
+    pub keys: KeyPairs,
+    pub origins: OriginPolicy,
+    pub jwt: Option<JwtVerifier>,
+    pub sessions: SessionConfig,
+    pub rules: ClassRules,
+    /// How often tokens in use are checked again: the session cache's lifetime, at least 100 ms.
+    pub revalidate_every: Duration,
+}
+
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Loads `path` (a missing file is an empty config only when `required` is false), applies
-    /// the environment overrides and validates the result.
+    /// Loads `path` (a missing file is an empty config only when `required` is false) and
+    /// applies the environment overrides. Unknown keys and ill-typed values are refused here;
+    /// everything else is checked by [`Config::validate`].
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -258,14 +163,46 @@ impl Config {
             set_path(&mut table, &path, parse_env_value(&value))
                 .map_err(|e| ConfigError(format!("environment variable {name}: {e}")))?;
         }
-        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigError(format!("invalid configuration: {}", one_line(&e.to_string())))
-        })?;
-        config.validate()?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::invalid(one_line(&e.to_string())))?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value and builds what the modules take. The only place validation
+    /// happens: [`crate::app::Application::build`] calls it before touching the database.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        self.check_values()?;
+        let jwt = JwtVerifier::from_config(&self.jwt).map_err(|e| ConfigError::invalid(format!("jwt: {e}")))?;
+        let rules = ClassRules::new(&self.classes).map_err(ConfigError::invalid)?;
+        let origins = OriginPolicy::new(&self.browser)
+            .map_err(|e| ConfigError::invalid(format!("browser.allowed_origins: {e}")))?;
+        let limits = &self.limits;
+        Ok(Settings {
+            query_limits: QueryLimits {
+                max_depth: limits.query_depth,
+                max_in_list: limits.in_list,
+                max_regex_bytes: limits.regex_bytes,
+                max_regexes: limits.regexes_per_query,
+            },
+            send_queue: limits.send_queue,
+            subscriptions_per_connection: limits.subscriptions_per_connection,
+            revalidate_every: Duration::from_millis(self.sessions.cache_ttl_ms.max(100)),
+            server: self.server,
+            database: self.database,
+            feed: self.feed,
+            history: self.history,
+            websocket: self.websocket,
+            sse: self.sse,
+            keys: self.keys,
+            origins,
+            jwt,
+            sessions: self.sessions,
+            rules,
+        })
+    }
+
+    fn check_values(&self) -> Result<(), ConfigError> {
         let positive = [
             ("feed.poll_interval_ms", self.feed.poll_interval_ms),
             ("feed.batch_size", u64::from(self.feed.batch_size)),
@@ -284,46 +221,19 @@ impl Config {
             ("limits.regexes_per_query", self.limits.regexes_per_query as u64),
             ("database.max_connections", u64::from(self.database.max_connections)),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError(format!("invalid configuration: {key} must be greater than 0")));
-            }
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::invalid(format!("{key} must be greater than 0")));
         }
         if self.feed.reconnect_max_ms < self.feed.reconnect_min_ms {
-            return Err(ConfigError(
-                "invalid configuration: feed.reconnect_max_ms is below feed.reconnect_min_ms".into(),
-            ));
+            return Err(ConfigError::invalid("feed.reconnect_max_ms is below feed.reconnect_min_ms"));
         }
         if !self.database.url.starts_with("postgres://") && !self.database.url.starts_with("postgresql://") {
-            return Err(ConfigError("invalid configuration: database.url must start with postgres://".into()));
+            return Err(ConfigError::invalid("database.url must start with postgres://"));
         }
-        for table in &self.feed.tables {
-            if table.trim().is_empty() {
-                return Err(ConfigError("invalid configuration: feed.tables holds an empty name".into()));
-            }
+        if self.feed.tables.iter().any(|table| table.trim().is_empty()) {
+            return Err(ConfigError::invalid("feed.tables holds an empty name"));
         }
-        JwtVerifier::from_config(&self.jwt).map_err(|e| ConfigError(format!("invalid configuration: jwt: {e}")))?;
-        ClassRules::new(&self.classes).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
-        OriginPolicy::new(&self.browser)
-            .map_err(|e| ConfigError(format!("invalid configuration: browser.allowed_origins: {e}")))?;
         Ok(())
-    }
-
-    pub fn query_limits(&self) -> crate::query::QueryLimits {
-        crate::query::QueryLimits {
-            max_depth: self.limits.query_depth,
-            max_in_list: self.limits.in_list,
-            max_regex_bytes: self.limits.regex_bytes,
-            max_regexes: self.limits.regexes_per_query,
-        }
-    }
-
-    pub fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.feed.poll_interval_ms)
-    }
-
-    pub fn websocket_timeout(&self) -> Duration {
-        Duration::from_millis(self.websocket.timeout_ms)
     }
 }
 
@@ -366,11 +276,20 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    /// The one-line error of a config that parses but does not validate.
+    fn invalid(table: toml::Table, vars: &[(&str, &str)]) -> String {
+        match Config::from_table(table, env(vars)).and_then(Config::validate) {
+            Ok(_) => panic!("the config validated"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn the_shipped_config_toml_states_the_defaults() {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
         let shipped = Config::from_table(text.parse().unwrap(), env(&[])).unwrap();
         assert_eq!(format!("{shipped:?}"), format!("{:?}", Config::default()));
+        assert!(shipped.validate().is_ok());
     }
 
     #[test]
@@ -410,10 +329,10 @@ mod tests {
         let err = Config::from_table(table, env(&[])).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
         assert!(!err.contains('\n'));
-        let err = Config::from_table(toml::Table::new(), env(&[("LIVEGATE_WEBSOCKET__TIMEOUT_MS", "0")])).unwrap_err();
-        assert!(err.to_string().contains("websocket.timeout_ms"));
-        let err = Config::from_table(toml::Table::new(), env(&[("DATABASE_URL", "mysql://x")])).unwrap_err();
-        assert!(err.to_string().contains("postgres://"));
+        let err = invalid(toml::Table::new(), &[("LIVEGATE_WEBSOCKET__TIMEOUT_MS", "0")]);
+        assert!(err.contains("websocket.timeout_ms"), "{err}");
+        let err = invalid(toml::Table::new(), &[("DATABASE_URL", "mysql://x")]);
+        assert!(err.contains("postgres://"), "{err}");
     }
 
     #[test]
@@ -433,10 +352,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.browser.allowed_origins, vec!["https://a.example"]);
         assert!(!config.browser.allow_missing_origin);
-        let err =
-            Config::from_table(toml::Table::new(), env(&[("LIVEGATE_BROWSER__ALLOWED_ORIGINS", "[\"a.example/x\"]")]))
-                .unwrap_err()
-                .to_string();
+        let err = invalid(toml::Table::new(), &[("LIVEGATE_BROWSER__ALLOWED_ORIGINS", "[\"a.example/x\"]")]);
         assert!(err.contains("browser.allowed_origins") && err.contains("a.example/x"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 
-use crate::config::DatabaseConfig;
+use serde::Deserialize;
 
 /// Migrations, in order. Each runs once, in its own transaction. Versions need not be
 /// contiguous: each is applied when its own number is not yet recorded.
@@ -19,6 +19,30 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 
 /// Arbitrary constant shared by every livegate process: key of the migration advisory lock.
 const MIGRATION_LOCK: i64 = 0x6c69_7665_6761_7465;
+
+/// The `[database]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: String,
+    /// Create the database when it does not exist (needs CREATEDB on the server).
+    pub create_if_missing: bool,
+    /// Size of the pool used for reads of the change table and start-up work.
+    pub max_connections: u32,
+    /// How long start-up waits for the database before giving up, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1:5432/livegate".into(),
+            create_if_missing: true,
+            max_connections: 4,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct DatabaseError(pub String);

@@ -6,6 +6,8 @@
 //! - [`hub`]: subscriptions by class and identical query, decision table, fan-out into bounded
 //!   per-connection outboxes. Never waits on a client.
 //! - [`catchup`]: replays missed changes for a resuming subscription, then hands it to the hub.
+//! - [`admission`]: the subscribe pipeline both transports share (query, position, token, class
+//!   rules, start now or through catch-up).
 //! - [`position`]: stream positions (`<offset>-<epoch>`) and gap reasons (pure).
 //! - [`session`]: one Parse LiveQuery connection's state machine (no socket I/O).
 //! - [`protocol`]: Parse wire messages, validation and error codes (pure).
@@ -16,6 +18,7 @@
 //! - [`http`]: route table, CORS and Origin rules, health, the demo page.
 //! - [`app`], [`config`], [`database`], [`telemetry`]: start-up plumbing.
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod catchup;
@@ -29,5 +32,7 @@ pub mod protocol;
 pub mod query;
 pub mod session;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod transport;
 pub mod value;

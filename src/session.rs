@@ -13,36 +13,25 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::auth::rules::ClassRules;
-use crate::auth::{self, check_keys, Authenticator, Identity, KeyCheck, TokenError};
-use crate::catchup::{Catchup, Replies, Resume};
-use crate::config::KeyPairs;
-use crate::hub::{ConnectionId, Hub, IndexEntry, Outbox, Outgoing, Start, SubscribeError, Subscription};
+use crate::admission::{Admission, Refused, Started, SubscribeRequest};
+use crate::auth::{self, check_keys, Identity, KeyCheck, TokenError};
+use crate::hub::{ConnectionId, Hub, Outbox, Outgoing};
 use crate::position::Position;
-use crate::protocol::{self, code, decode, encode_error, encode_reply, Decoded, Reply, Request, RequestId, Subscribe};
-use crate::query::{canonical_key, Query, QueryLimits};
+use crate::protocol::{
+    self, code, decode, encode_error, encode_reply, Connect, Decoded, KeyPairs, Refusal, Reply, Request, RequestId,
+    Subscribe,
+};
 
 /// What every session of one server shares.
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub keys: KeyPairs,
-    pub query_limits: QueryLimits,
-    /// Replays history for subscriptions that resume; `None` refuses `since` positions.
-    pub catchup: Option<Arc<Catchup>>,
-    /// Verifies session tokens; `None` refuses every token.
-    pub auth: Option<Authenticator>,
-    pub rules: Arc<ClassRules>,
-    /// How often tokens in use are checked again (revocation is noticed within this).
-    pub revalidate_every: Duration,
+    pub admission: Arc<Admission>,
 }
-
-/// Parse's INVALID_SESSION_TOKEN.
-pub const CODE_INVALID_SESSION_TOKEN: i64 = 209;
 
 #[derive(Debug, Clone)]
 struct Client {
@@ -84,7 +73,8 @@ pub struct ParseSession {
 }
 
 impl ParseSession {
-    pub fn new(hub: Arc<Hub>, settings: Arc<SessionSettings>, outbox: Outbox) -> ParseSession {
+    pub fn new(settings: Arc<SessionSettings>, outbox: Outbox) -> ParseSession {
+        let hub = settings.admission.hub().clone();
         let connection = hub.register(outbox.clone());
         ParseSession {
             hub,
@@ -115,12 +105,15 @@ impl ParseSession {
 
     /// The text frame for one outbox item, or `None` for an event before `connect`.
     pub fn frame(&self, item: Outgoing) -> Option<String> {
-        match item {
-            Outgoing::Text(text) => Some(text),
+        if let Outgoing::Text(text) = item {
+            return Some(text);
+        }
+        let client = self.client.as_ref()?;
+        let text = match item {
+            Outgoing::Text(text) => text,
             Outgoing::Event(delivery) => {
-                let client = self.client.as_ref()?;
                 let position = delivery.positioned.then(|| delivery.payload.position.to_string());
-                Some(protocol::encode_event(
+                protocol::encode_event(
                     delivery.op,
                     &client.client_id,
                     client.installation_id.as_deref(),
@@ -128,186 +121,144 @@ impl ParseSession {
                     &delivery.payload.object,
                     delivery.payload.original.as_deref(),
                     position.as_deref(),
-                ))
+                )
             }
-            Outgoing::Gap { request_id, gap, position } => {
-                let client = self.client.as_ref()?;
+            Outgoing::Subscribed { request_id, position, positioned } => {
                 let position = position.to_string();
-                Some(reply_text(
-                    client,
-                    &Reply::Gap { request_id: &request_id, reason: gap.as_str(), position: &position },
-                ))
+                let reply =
+                    if positioned { Reply::SubscribedAt(&request_id, &position) } else { Reply::Subscribed(&request_id) };
+                reply_text(client, &reply)
             }
-        }
+            Outgoing::Refused { request_id, refusal } => refusal_text(&refusal, &request_id),
+            Outgoing::Gap { request_id, gap, position } => {
+                let position = position.to_string();
+                let reply = Reply::Gap { request_id: &request_id, reason: gap.as_str(), position: &position };
+                reply_text(client, &reply)
+            }
+        };
+        Some(text)
     }
 
     async fn on_request(&mut self, request: Request) {
         match request {
-            Request::Connect(connect) => {
-                let master = match check_keys(&self.settings.keys, &connect.keys) {
-                    KeyCheck::Accepted { master } => master,
-                    KeyCheck::Refused => {
-                        return self.error(code::INVALID_KEYS, "Key in request is not valid", true, None)
-                    }
-                };
-                let token = match &connect.session_token {
-                    None => None,
-                    Some(token) => match self.verify(token).await {
-                        Ok(verified) => Some(verified),
-                        Err(e) => return self.error(CODE_INVALID_SESSION_TOKEN, &e.to_string(), false, None),
-                    },
-                };
-                // A second connect replaces the first client cleanly (Parse 2024 leaked it).
-                self.stop_catchups();
-                self.hub.unsubscribe_all(self.connection);
-                self.held.clear();
-                self.suspended.clear();
-                let client = Client {
-                    client_id: uuid::Uuid::new_v4().to_string(),
-                    installation_id: connect.installation_id,
-                    master,
-                    token,
-                };
-                self.push_reply(&client, &Reply::Connected);
-                self.client = Some(client);
+            Request::Connect(connect) => self.connect(connect).await,
+            Request::Subscribe(subscribe) if self.client.is_some() => self.subscribe(subscribe).await,
+            Request::Subscribe(_) => self.not_connected("subscribing"),
+            Request::Update(subscribe) if self.client.is_some() => self.update(subscribe).await,
+            Request::Update(_) => {
+                self.not_connected("unsubscribing");
+                self.not_connected("subscribing");
             }
-            Request::Subscribe(subscribe) => {
-                if self.client.is_none() {
-                    return self.not_connected("subscribing");
-                }
-                self.subscribe(subscribe).await;
-            }
-            Request::Update(subscribe) => {
-                if self.client.is_none() {
-                    self.not_connected("unsubscribing");
-                    return self.not_connected("subscribing");
-                }
-                let suspended = self.suspended.contains_key(&subscribe.request_id);
-                if !self.hub.unsubscribe(self.connection, &subscribe.request_id) && !suspended {
-                    self.unknown_subscription(&subscribe.request_id);
-                }
-                self.subscribe(subscribe).await;
-            }
-            Request::Unsubscribe { request_id } => {
-                let Some(client) = self.client.clone() else {
-                    return self.not_connected("unsubscribing");
-                };
-                self.stop_catchup(&request_id);
-                self.held.remove(&request_id);
-                let suspended = self.suspended.remove(&request_id).is_some();
-                if self.hub.unsubscribe(self.connection, &request_id) || suspended {
-                    self.push_reply(&client, &Reply::Unsubscribed(&request_id));
-                } else {
-                    self.unknown_subscription(&request_id);
-                }
-            }
+            Request::Unsubscribe { request_id } => self.unsubscribe(&request_id),
+        }
+    }
+
+    async fn connect(&mut self, connect: Connect) {
+        let master = match check_keys(&self.settings.keys, &connect.keys) {
+            KeyCheck::Accepted { master } => master,
+            KeyCheck::Refused => return self.error(code::INVALID_KEYS, "Key in request is not valid", true, None),
+        };
+        let token = match &connect.session_token {
+            None => None,
+            Some(token) => match self.verify(token).await {
+                Ok(verified) => Some(verified),
+                Err(e) => return self.error(code::INVALID_SESSION_TOKEN, &e.to_string(), false, None),
+            },
+        };
+        // A second connect replaces the first client cleanly (Parse 2024 leaked it).
+        self.stop_catchups();
+        self.hub.unsubscribe_all(self.connection);
+        self.held.clear();
+        self.suspended.clear();
+        let client = Client {
+            client_id: uuid::Uuid::new_v4().to_string(),
+            installation_id: connect.installation_id,
+            master,
+            token,
+        };
+        self.push_reply(&client, &Reply::Connected);
+        self.client = Some(client);
+    }
+
+    /// Parse's `update`: replaces a subscription's query in place.
+    async fn update(&mut self, subscribe: Subscribe) {
+        let suspended = self.suspended.contains_key(&subscribe.request_id);
+        if !self.hub.unsubscribe(self.connection, &subscribe.request_id) && !suspended {
+            self.unknown_subscription(&subscribe.request_id);
+        }
+        self.subscribe(subscribe).await;
+    }
+
+    fn unsubscribe(&mut self, request_id: &RequestId) {
+        let Some(client) = self.client.clone() else {
+            return self.not_connected("unsubscribing");
+        };
+        self.stop_catchup(request_id);
+        self.held.remove(request_id);
+        let suspended = self.suspended.remove(request_id).is_some();
+        if self.hub.unsubscribe(self.connection, request_id) || suspended {
+            self.push_reply(&client, &Reply::Unsubscribed(request_id));
+        } else {
+            self.unknown_subscription(request_id);
         }
     }
 
     async fn subscribe(&mut self, request: Subscribe) {
-        let Some(client) = self.client.clone() else { return };
         // A reused requestId replaces the subscription, including one still catching up; one
         // that was suspended resumes where it stopped (unless the client says where).
-        self.stop_catchup(&request.request_id);
-        self.held.remove(&request.request_id);
-        let suspended_at = self.suspended.remove(&request.request_id);
         let request_id = request.request_id.clone();
-        let query = match Query::compile(&request.where_, self.settings.query_limits) {
-            Ok(query) => query,
-            Err(e) => return self.error(code::INVALID_QUERY, &e.0, false, Some(&request_id)),
-        };
-        let resume_from = match request.since.as_deref() {
-            None | Some("now") => suspended_at,
-            Some(text) => match text.parse::<Position>() {
-                Ok(position) => Some(position),
-                Err(e) => return self.error(code::SCHEMA, &format!("since: {e}"), false, Some(&request_id)),
-            },
-        };
-        let own_token = match &request.session_token {
+        self.stop_catchup(&request_id);
+        self.held.remove(&request_id);
+        let suspended_at = self.suspended.remove(&request_id);
+        if let Err(refused) = self.admit(request, suspended_at).await {
+            if let Some(refusal) = refused.refusal() {
+                self.outbox.push(Outgoing::Text(refusal_text(&refusal, &request_id)));
+            }
+        }
+    }
+
+    /// The shared pipeline ([`Admission`]) with this connection's identity and resume rules.
+    async fn admit(&mut self, request: Subscribe, suspended_at: Option<Position>) -> Result<(), Refused> {
+        let Some(client) = self.client.clone() else { return Ok(()) };
+        let admission = self.settings.admission.clone();
+        let Subscribe { request_id, class_name, where_, keys, watch, session_token, since } = request;
+        let positions = since.is_some();
+        let mut subscription =
+            admission.compile(SubscribeRequest { class: &class_name, where_: &where_, keys, watch, positions })?;
+        let resume_from = Admission::since(since.as_deref())?.or(suspended_at);
+        let own_token = match &session_token {
             None => None,
             Some(token) => match self.verify(token).await {
                 Ok(verified) => Some(verified),
                 Err(e) => {
                     if let Some(position) = suspended_at {
                         // Still suspended: a later fresh token resumes from the same place.
-                        self.suspended.insert(request_id.clone(), position);
+                        self.suspended.insert(request_id, position);
                     }
-                    return self.error(CODE_INVALID_SESSION_TOKEN, &e.to_string(), false, Some(&request_id));
+                    return Err(Refused::Token(e));
                 }
             },
         };
         let mut identity = own_token.as_ref().or(client.token.as_ref()).map(|v| v.identity.clone()).unwrap_or_default();
         identity.master = client.master;
-        if let Err(denied) =
-            self.settings.rules.check(&request.class_name, &identity, &request.where_, request.watch.as_deref())
-        {
-            return self.error(denied.code, &denied.message, false, Some(&request_id));
-        }
-        let positions = request.since.is_some();
-        self.held.insert(request_id.clone(), Held { token: own_token, identity: identity.clone() });
-        let subscription = Subscription {
-            hidden: self.settings.rules.hidden_fields(&request.class_name, &identity),
-            key: canonical_key(&request.class_name, &request.where_),
-            index: IndexEntry::of(&request.where_),
-            class: request.class_name.into(),
-            query: Arc::new(query),
-            keys: request.keys.map(Into::into),
-            watch: request.watch.map(Into::into),
-            identity,
-            positions,
-        };
-        let subscribed = {
-            let (client, request_id) = (client.clone(), request_id.clone());
-            move |position: Position| {
-                let position = position.to_string();
-                let reply = if positions {
-                    Reply::SubscribedAt(&request_id, &position)
-                } else {
-                    Reply::Subscribed(&request_id)
-                };
-                Outgoing::Text(reply_text(&client, &reply))
+        admission.authorize(&mut subscription, &where_, identity.clone())?;
+        self.held.insert(request_id.clone(), Held { token: own_token, identity });
+        match admission.start(self.connection, request_id.clone(), subscription, resume_from, &self.outbox) {
+            Ok(Started::Live(_)) => Ok(()),
+            Ok(Started::CatchingUp(task)) => {
+                self.catchups.retain(|_, t| !t.is_finished());
+                self.catchups.insert(request_id, task);
+                Ok(())
             }
-        };
-        let result = match (resume_from, &self.settings.catchup) {
-            (None, _) => self
-                .hub
-                .subscribe(self.connection, request_id.clone(), subscription, Start::Now, subscribed)
-                .map(|_| ()),
-            (Some(since), Some(catchup)) => {
-                let refused = {
-                    let request_id = request_id.clone();
-                    move |e: &SubscribeError| refusal(e, &request_id).map(Outgoing::Text)
-                };
-                let resume = Resume {
-                    connection: self.connection,
-                    request_id: request_id.clone(),
-                    subscription,
-                    since,
-                    outbox: self.outbox.clone(),
-                    replies: Replies { subscribed: Box::new(subscribed), refused: Box::new(refused) },
-                };
-                catchup.start(resume).map(|task| {
-                    self.catchups.retain(|_, t| !t.is_finished());
-                    self.catchups.insert(request_id.clone(), task);
-                })
-            }
-            (Some(_), None) => {
-                return self.error(code::SCHEMA, "since: resuming is not available here", false, Some(&request_id))
-            }
-        };
-        if let Err(e) = result {
-            self.held.remove(&request_id);
-            if let Some(text) = refusal(&e, &request_id) {
-                self.outbox.push(Outgoing::Text(text));
+            Err(refused) => {
+                self.held.remove(&request_id);
+                Err(refused)
             }
         }
     }
 
     async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
-        let Some(auth) = &self.settings.auth else {
-            return Err(TokenError::Invalid("session tokens are not accepted here".into()));
-        };
-        let identity = auth.identify(token).await?;
+        let identity = self.settings.admission.identify(token).await?;
         Ok(Verified { token: token.into(), identity })
     }
 
@@ -318,7 +269,8 @@ impl ParseSession {
             .iter()
             .filter_map(|c| c.token.as_ref())
             .chain(self.held.values().filter_map(|h| h.token.as_ref()));
-        tokens.map(|v| auth::next_check(&v.identity, self.last_check, self.settings.revalidate_every)).min()
+        let every = self.settings.admission.revalidate_every;
+        tokens.map(|v| auth::next_check(&v.identity, self.last_check, every)).min()
     }
 
     /// Checks every token in use again. A subscription whose identity lapsed is suspended and
@@ -375,22 +327,17 @@ impl ParseSession {
     }
 
     async fn reverify(&self, verified: &Verified) -> Result<Identity, TokenError> {
-        match &self.settings.auth {
-            Some(auth) => auth.recheck(&verified.token, &verified.identity).await,
-            None => Err(TokenError::Invalid("session tokens are not accepted here".into())),
-        }
+        self.settings.admission.recheck(&verified.token, &verified.identity).await
     }
 
     fn suspend(&mut self, request_id: &RequestId, why: &TokenError) {
         self.stop_catchup(request_id);
         self.held.remove(request_id);
-        // A subscription still catching up holds only a reservation: it stops at its `since`.
-        let position = self.hub.suspend(self.connection, request_id);
-        self.hub.unsubscribe(self.connection, request_id);
-        if let Some(position) = position {
+        // A subscription still catching up holds only a reservation, which is cancelled.
+        if let Some(position) = self.hub.suspend(self.connection, request_id) {
             self.suspended.insert(request_id.clone(), position);
         }
-        self.error(CODE_INVALID_SESSION_TOKEN, &why.to_string(), false, Some(request_id));
+        self.error(code::INVALID_SESSION_TOKEN, &why.to_string(), false, Some(request_id));
     }
 
     fn stop_catchups(&mut self) {
@@ -440,23 +387,11 @@ fn reply_text(client: &Client, reply: &Reply<'_>) -> String {
     encode_reply(reply, &client.client_id, client.installation_id.as_deref())
 }
 
-/// The error frame for a subscription the hub refused; `None` when the client is gone anyway.
-fn refusal(error: &SubscribeError, request_id: &RequestId) -> Option<String> {
-    match error {
-        SubscribeError::TooManySubscriptions { limit } => Some(encode_error(
-            code::LIMIT_EXCEEDED,
-            &format!("Too many subscriptions on this connection (limit {limit})"),
-            false,
-            Some(request_id),
-        )),
-        SubscribeError::UnknownConnection => Some(encode_error(
-            code::NOT_FOUND,
-            "Can not find this client, make sure you connect to server before subscribing",
-            true,
-            None,
-        )),
-        SubscribeError::Moved(_) | SubscribeError::Cancelled => None,
-    }
+/// The error frame for a refused subscription: one that concerns the connection (reconnect)
+/// carries no requestId, as in Parse.
+fn refusal_text(refusal: &Refusal, request_id: &RequestId) -> String {
+    let request_id = (!refusal.reconnect).then_some(request_id);
+    encode_error(refusal.code, &refusal.message, refusal.reconnect, request_id)
 }
 
 impl Drop for ParseSession {
@@ -469,29 +404,48 @@ impl Drop for ParseSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::rules::ClassRules;
+    use crate::testing::{self, TokenTable};
     use serde_json::Value;
+    use std::time::Duration;
     use tokio::sync::mpsc::Receiver;
 
-    fn session(keys: KeyPairs) -> (ParseSession, Receiver<Outgoing>, Arc<Hub>) {
-        let hub = Arc::new(Hub::new(5));
-        let (outbox, rx) = Outbox::new(64);
-        let settings = Arc::new(SessionSettings {
-            keys,
-            query_limits: QueryLimits::default(),
-            catchup: None,
-            auth: None,
-            rules: Arc::new(ClassRules::default()),
-            revalidate_every: Duration::from_secs(5),
-        });
-        (ParseSession::new(hub.clone(), settings, outbox), rx, hub)
+    struct Harness {
+        session: ParseSession,
+        rx: Receiver<Outgoing>,
+        hub: Arc<Hub>,
+        tokens: Arc<TokenTable>,
     }
 
-    fn replies(rx: &mut Receiver<Outgoing>) -> Vec<Value> {
+    fn session(keys: KeyPairs) -> (ParseSession, Receiver<Outgoing>, Arc<Hub>) {
+        let Harness { session, rx, hub, .. } = harness(keys);
+        (session, rx, hub)
+    }
+
+    fn harness(keys: KeyPairs) -> Harness {
+        let hub = Arc::new(Hub::new(5));
+        let tokens = Arc::new(TokenTable::default());
+        let (outbox, rx) = Outbox::new(64);
+        let admission = testing::admission(&hub, tokens.clone(), ClassRules::default());
+        let session = ParseSession::new(Arc::new(SessionSettings { keys, admission }), outbox);
+        Harness { session, rx, hub, tokens }
+    }
+
+    /// Every frame queued so far, as the client would receive it.
+    fn frames(session: &ParseSession, rx: &mut Receiver<Outgoing>) -> Vec<Value> {
         let mut out = Vec::new();
-        while let Ok(Outgoing::Text(t)) = rx.try_recv() {
-            out.push(serde_json::from_str(&t).unwrap());
+        while let Ok(item) = rx.try_recv() {
+            if let Some(text) = session.frame(item) {
+                out.push(serde_json::from_str(&text).unwrap());
+            }
         }
         out
+    }
+
+    /// The next frame, waiting for it (catch-up runs on a task of its own).
+    async fn next_frame(session: &ParseSession, rx: &mut Receiver<Outgoing>) -> Value {
+        let item = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a frame").unwrap();
+        serde_json::from_str(&session.frame(item).expect("framed")).unwrap()
     }
 
     const CONNECT: &str = r#"{"op":"connect","applicationId":"app","installationId":"inst"}"#;
@@ -503,7 +457,7 @@ mod tests {
         s.on_text(CONNECT).await;
         s.on_text(SUBSCRIBE).await;
         s.on_text(r#"{"op":"unsubscribe","requestId":1}"#).await;
-        let r = replies(&mut rx);
+        let r = frames(&s, &mut rx);
         let client_id = r[0]["clientId"].as_str().unwrap().to_string();
         assert_eq!(uuid::Uuid::parse_str(&client_id).unwrap().get_version_num(), 4);
         assert_eq!(r[0], serde_json::json!({"op": "connected", "clientId": client_id, "installationId": "inst"}));
@@ -523,7 +477,7 @@ mod tests {
         s.on_text(SUBSCRIBE).await;
         s.on_text(r#"{"op":"unsubscribe","requestId":1}"#).await;
         s.on_text(r#"{"op":"update","requestId":1,"query":{"className":"Msg","where":{}}}"#).await;
-        let r = replies(&mut rx);
+        let r = frames(&s, &mut rx);
         let messages: Vec<_> =
             r.iter().map(|v| (v["code"].as_i64().unwrap(), v["error"].as_str().unwrap().to_string())).collect();
         assert_eq!(
@@ -543,7 +497,7 @@ mod tests {
         let (mut s, mut rx, hub) = session(KeyPairs::default());
         s.on_text(CONNECT).await;
         s.on_text(r#"{"op":"update","requestId":9,"query":{"className":"Msg","where":{"a":1}}}"#).await;
-        let r = replies(&mut rx);
+        let r = frames(&s, &mut rx);
         let client_id = r[0]["clientId"].as_str().unwrap();
         assert_eq!(
             r[1]["error"],
@@ -566,7 +520,7 @@ mod tests {
                 .await;
         }
         s.on_binary();
-        let r = replies(&mut rx);
+        let r = frames(&s, &mut rx);
         assert_eq!(
             r[0],
             serde_json::json!({"op":"error","error":"Key in request is not valid","code":4,"reconnect":true,"requestId":null})
@@ -580,5 +534,42 @@ mod tests {
         assert_eq!(r[8]["requestId"], 7);
         assert_eq!(r[9]["error"], "Missing required property: op");
         assert_eq!(hub.stats().subscriptions, 5);
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_token_suspends_and_a_fresh_one_resumes_where_it_stopped() {
+        let Harness { session: mut s, mut rx, hub, tokens } = harness(KeyPairs::default());
+        tokens.user("t1", "u1");
+        tokens.user("t2", "u1");
+        s.on_text(r#"{"op":"connect","applicationId":"app","sessionToken":"t1"}"#).await;
+        s.on_text(SUBSCRIBE).await;
+        assert_eq!(frames(&s, &mut rx).iter().map(|f| f["op"].clone()).collect::<Vec<_>>(), ["connected", "subscribed"]);
+        assert!(s.next_check().is_some(), "a token in use is re-checked");
+        tokens.set("t1", Err(TokenError::Expired));
+        s.revalidate().await;
+        let r = frames(&s, &mut rx);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0]["code"].as_i64(), r[0]["requestId"].as_i64()), (Some(209), Some(1)));
+        assert_eq!(r[0]["error"], "Session token is expired.");
+        assert_eq!(hub.stats().subscriptions, 0, "nothing more is delivered");
+        // A refused token keeps it suspended; a fresh one resumes it (through catch-up).
+        s.on_text(r#"{"op":"subscribe","requestId":1,"sessionToken":"nope","query":{"className":"Msg","where":{}}}"#)
+            .await;
+        assert_eq!(frames(&s, &mut rx)[0]["code"], 209);
+        s.on_text(r#"{"op":"subscribe","requestId":1,"sessionToken":"t2","query":{"className":"Msg","where":{}}}"#)
+            .await;
+        let frame = next_frame(&s, &mut rx).await;
+        assert_eq!((frame["op"].as_str(), frame["requestId"].as_i64()), (Some("subscribed"), Some(1)));
+        assert_eq!(hub.stats().subscriptions, 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_at_connect_is_209_without_a_client() {
+        let (mut s, mut rx, _) = session(KeyPairs::default());
+        s.on_text(r#"{"op":"connect","applicationId":"app","sessionToken":"nope"}"#).await;
+        s.on_text(SUBSCRIBE).await;
+        let r = frames(&s, &mut rx);
+        assert_eq!((r[0]["code"].as_i64(), r[0]["error"].as_str()), (Some(209), Some("Invalid session token: unknown token")));
+        assert_eq!(r[1]["code"], 2, "not connected");
     }
 }

@@ -17,6 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::access::role_name;
 use super::{Claims, TokenError};
 
 /// Shorter HMAC secrets can be brute-forced offline from a single token.
@@ -315,7 +316,7 @@ impl JwtVerifier {
                     let Value::String(name) = item else {
                         return Err(invalid(format!("{:?} claim must be an array of strings", self.roles_claim)));
                     };
-                    let name = name.strip_prefix("role:").unwrap_or(name);
+                    let name = role_name(name);
                     if !name.is_empty() {
                         roles.push(name.to_string());
                     }

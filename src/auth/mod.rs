@@ -3,37 +3,60 @@
 //! PostgreSQL and cached, roles expanded through the inheritance graph), class rules, and row
 //! read access (Parse ACL JSON or `_rperm`), decided in memory for every change.
 
+pub mod access;
 pub mod jwt;
 pub mod roles;
 pub mod rules;
 pub mod sessions;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use futures_util::future::BoxFuture;
 
-use crate::config::KeyPairs;
-use crate::protocol::ClientKeys;
+use crate::protocol::KeyPairs;
+pub use access::{can_read, Identity, ReadAcl};
 use jwt::JwtVerifier;
 use sessions::SessionStore;
 
 /// The longest a token lookup may hold up a client's frames before it counts as unavailable.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Turns presented tokens into identities: the seam between what holds a token (a WebSocket
+/// session, an SSE stream) and what checks it ([`Authenticator`] here, a table in unit tests).
+pub trait TokenResolver: Send + Sync {
+    fn identify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, TokenError>>;
+
+    /// Checks a token in use again. An identity that cannot be checked right now (database
+    /// down) is kept: an outage does not count against the client. The master flag is kept.
+    fn recheck<'a>(&'a self, token: &'a str, current: &'a Identity) -> BoxFuture<'a, Result<Identity, TokenError>> {
+        Box::pin(async move {
+            match self.identify(token).await {
+                Ok(identity) => Ok(Identity { master: current.master, ..identity }),
+                Err(TokenError::Unavailable(why)) => {
+                    tracing::warn!(why, "cannot re-check a token; keeping its identity for now");
+                    Ok(current.clone())
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
 /// Turns a presented token into an [`Identity`]. A token shaped like a JWT is verified with the
 /// configured keys when JWT is enabled; anything else is an opaque session token.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    jwt: Option<std::sync::Arc<JwtVerifier>>,
+    jwt: Option<Arc<JwtVerifier>>,
     sessions: SessionStore,
 }
 
 impl Authenticator {
     pub fn new(jwt: Option<JwtVerifier>, sessions: SessionStore) -> Authenticator {
-        Authenticator { jwt: jwt.map(std::sync::Arc::new), sessions }
+        Authenticator { jwt: jwt.map(Arc::new), sessions }
     }
 
-    pub async fn identify(&self, token: &str) -> Result<Identity, TokenError> {
+    async fn resolve(&self, token: &str) -> Result<Identity, TokenError> {
         let claims = match &self.jwt {
             Some(verifier) if jwt::looks_like_jwt(token) => verifier.verify(token)?,
             _ => match tokio::time::timeout(LOOKUP_TIMEOUT, self.sessions.resolve(token)).await {
@@ -55,18 +78,11 @@ impl Authenticator {
             expires_at: claims.expires_at,
         })
     }
+}
 
-    /// Checks a token in use again. An identity that cannot be checked right now (database
-    /// down) is kept: an outage does not count against the client. The master flag is kept.
-    pub async fn recheck(&self, token: &str, current: &Identity) -> Result<Identity, TokenError> {
-        match self.identify(token).await {
-            Ok(identity) => Ok(Identity { master: current.master, ..identity }),
-            Err(TokenError::Unavailable(why)) => {
-                tracing::warn!(why, "cannot re-check a token; keeping its identity for now");
-                Ok(current.clone())
-            }
-            Err(e) => Err(e),
-        }
+impl TokenResolver for Authenticator {
+    fn identify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, TokenError>> {
+        Box::pin(self.resolve(token))
     }
 }
 
@@ -82,18 +98,6 @@ pub fn next_check(identity: &Identity, last: tokio::time::Instant, every: Durati
             due.min((tokio::time::Instant::now() + left).max(last + Duration::from_secs(1)))
         }
     }
-}
-
-/// The identity a subscription is evaluated with.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
-    /// Presented the configured master key: sees every row.
-    pub master: bool,
-    pub user_id: Option<String>,
-    /// Role names without the `role:` prefix, inheritance already resolved.
-    pub roles: Vec<String>,
-    /// When the token this identity came from stops being valid.
-    pub expires_at: Option<std::time::SystemTime>,
 }
 
 /// What a verified token says about its bearer, before role inheritance is applied.
@@ -128,59 +132,6 @@ impl std::fmt::Display for TokenError {
     }
 }
 
-/// Read access of one row image. `None` on a row means public.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReadAcl {
-    pub public: bool,
-    pub users: Vec<String>,
-    pub roles: Vec<String>,
-}
-
-impl ReadAcl {
-    /// From Parse ACL JSON: `{"*":{"read":true},"<userId>":{"read":true},"role:<name>":{…}}`.
-    /// Anything that is not an object grants nobody but the master key.
-    pub fn from_parse_acl(acl: &Value) -> ReadAcl {
-        let mut read = ReadAcl::default();
-        for (who, grant) in acl.as_object().into_iter().flatten() {
-            if grant.get("read").and_then(Value::as_bool) == Some(true) {
-                read.grant(who);
-            }
-        }
-        read
-    }
-
-    /// From Parse's `_rperm` array: `["*", "<userId>", "role:<name>"]`.
-    pub fn from_rperm(rperm: &Value) -> ReadAcl {
-        let mut read = ReadAcl::default();
-        for who in rperm.as_array().into_iter().flatten().filter_map(Value::as_str) {
-            read.grant(who);
-        }
-        read
-    }
-
-    fn grant(&mut self, who: &str) {
-        if who == "*" {
-            self.public = true;
-        } else if let Some(role) = who.strip_prefix("role:") {
-            self.roles.push(role.to_string());
-        } else {
-            self.users.push(who.to_string());
-        }
-    }
-
-    pub fn allows(&self, identity: &Identity) -> bool {
-        self.public
-            || identity.master
-            || identity.user_id.as_ref().is_some_and(|u| self.users.contains(u))
-            || identity.roles.iter().any(|r| self.roles.contains(r))
-    }
-}
-
-/// Whether a row image with this access may be read by `identity`.
-pub fn can_read(acl: Option<&ReadAcl>, identity: &Identity) -> bool {
-    acl.is_none_or(|acl| acl.allows(identity))
-}
-
 /// Outcome of the Parse key-pair check at connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyCheck {
@@ -190,17 +141,12 @@ pub enum KeyCheck {
 
 /// Parse's rule: with no key pairs configured every connect is accepted; otherwise some
 /// configured pair must match exactly. Master access needs the configured master key.
-pub fn check_keys(configured: &KeyPairs, presented: &ClientKeys) -> KeyCheck {
-    let pairs = [
-        (&configured.javascript_key, &presented.javascript_key),
-        (&configured.client_key, &presented.client_key),
-        (&configured.rest_api_key, &presented.rest_api_key),
-        (&configured.windows_key, &presented.windows_key),
-        (&configured.master_key, &presented.master_key),
-    ];
+pub fn check_keys(configured: &KeyPairs, presented: &KeyPairs) -> KeyCheck {
+    let pairs: Vec<_> = configured.fields().into_iter().zip(presented.fields()).collect();
     let matches = |(want, got): &(&Option<String>, &Option<String>)| matches!((want, got), (Some(w), Some(g)) if !w.is_empty() && constant_time_eq(w, g));
     let any_configured = pairs.iter().any(|(want, _)| want.is_some());
-    let master = matches(&pairs[4]);
+    // `fields()` puts the master key last.
+    let master = pairs.last().is_some_and(matches);
     if !any_configured || pairs.iter().any(matches) {
         KeyCheck::Accepted { master }
     } else {
@@ -216,36 +162,19 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn acl_forms() {
-        let acl = ReadAcl::from_parse_acl(
-            &json!({"u1": {"read": true, "write": true}, "role:Admin": {"read": true}, "u2": {"write": true}}),
-        );
-        let user = |id: &str| Identity { user_id: Some(id.into()), ..Identity::default() };
-        assert!(acl.allows(&user("u1")));
-        assert!(!acl.allows(&user("u2")));
-        assert!(!acl.allows(&Identity::default()));
-        assert!(acl.allows(&Identity { roles: vec!["Admin".into()], ..Identity::default() }));
-        assert!(acl.allows(&Identity { master: true, ..Identity::default() }));
-        assert!(ReadAcl::from_rperm(&json!(["*"])).allows(&Identity::default()));
-        assert!(!ReadAcl::from_parse_acl(&json!("garbage")).allows(&Identity::default()));
-        assert!(can_read(None, &Identity::default()));
-    }
 
     #[test]
     fn key_pairs() {
         let none = KeyPairs::default();
-        let presented = ClientKeys { master_key: Some("m".into()), ..ClientKeys::default() };
+        let presented = KeyPairs { master_key: Some("m".into()), ..KeyPairs::default() };
         assert_eq!(check_keys(&none, &presented), KeyCheck::Accepted { master: false });
         let configured =
             KeyPairs { javascript_key: Some("js".into()), master_key: Some("m".into()), ..KeyPairs::default() };
         assert_eq!(check_keys(&configured, &presented), KeyCheck::Accepted { master: true });
-        let js = ClientKeys { javascript_key: Some("js".into()), ..ClientKeys::default() };
+        let js = KeyPairs { javascript_key: Some("js".into()), ..KeyPairs::default() };
         assert_eq!(check_keys(&configured, &js), KeyCheck::Accepted { master: false });
-        let wrong = ClientKeys { javascript_key: Some("nope".into()), ..ClientKeys::default() };
+        let wrong = KeyPairs { javascript_key: Some("nope".into()), ..KeyPairs::default() };
         assert_eq!(check_keys(&configured, &wrong), KeyCheck::Refused);
-        assert_eq!(check_keys(&configured, &ClientKeys::default()), KeyCheck::Refused);
+        assert_eq!(check_keys(&configured, &KeyPairs::default()), KeyCheck::Refused);
     }
 }

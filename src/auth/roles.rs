@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use super::access::role_name;
+
 /// Role inheritance edges, indexed by the inheriting role. Names are kept without `role:`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoleGraph {
@@ -15,7 +17,7 @@ impl RoleGraph {
     pub fn new(edges: impl IntoIterator<Item = (String, String)>) -> RoleGraph {
         let mut inherits: HashMap<String, Vec<String>> = HashMap::new();
         for (role, parent) in edges {
-            let (role, parent) = (bare(&role), bare(&parent));
+            let (role, parent) = (role_name(&role), role_name(&parent));
             if role.is_empty() || parent.is_empty() {
                 continue;
             }
@@ -37,7 +39,7 @@ impl RoleGraph {
     pub fn closure(&self, direct: &[String]) -> Vec<String> {
         // The visited set doubles as the cycle guard: a role is expanded only the first time.
         let mut held = BTreeSet::new();
-        let mut pending: Vec<&str> = direct.iter().map(|r| bare(r)).filter(|r| !r.is_empty()).collect();
+        let mut pending: Vec<&str> = direct.iter().map(|r| role_name(r)).filter(|r| !r.is_empty()).collect();
         while let Some(role) = pending.pop() {
             if !held.insert(role) {
                 continue;
@@ -48,10 +50,6 @@ impl RoleGraph {
         }
         held.into_iter().map(str::to_string).collect()
     }
-}
-
-fn bare(role: &str) -> &str {
-    role.strip_prefix("role:").unwrap_or(role)
 }
 
 #[cfg(test)]

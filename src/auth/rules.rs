@@ -7,7 +7,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::Identity;
+use super::access::{role_name, Identity};
+use crate::protocol::code;
 
 /// One `[classes.<name>]` table; `[classes."*"]` applies to classes not listed.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -49,11 +50,6 @@ pub struct Denied {
     pub message: String,
 }
 
-/// Parse's OBJECT_NOT_FOUND, used for "authentication required".
-pub const CODE_NEEDS_AUTHENTICATION: i64 = 101;
-/// Parse's OPERATION_FORBIDDEN.
-pub const CODE_FORBIDDEN: i64 = 119;
-
 #[derive(Debug, Clone)]
 pub struct ClassRules {
     classes: BTreeMap<String, Rule>,
@@ -79,7 +75,7 @@ impl ClassRules {
                     return Err(format!("classes.{class}: subscribe = \"roles\" needs a non-empty roles list"))
                 }
                 "roles" => Audience::Roles(
-                    rule.roles.iter().map(|r| r.strip_prefix("role:").unwrap_or(r).to_string()).collect(),
+                    rule.roles.iter().map(|r| role_name(r).to_string()).collect(),
                 ),
                 other => {
                     return Err(format!(
@@ -125,7 +121,7 @@ impl ClassRules {
             Audience::Authenticated => {
                 if identity.user_id.is_none() {
                     return Err(Denied {
-                        code: CODE_NEEDS_AUTHENTICATION,
+                        code: code::NEEDS_AUTHENTICATION,
                         message: "Permission denied, user needs to be authenticated.".into(),
                     });
                 }
@@ -136,7 +132,7 @@ impl ClassRules {
         };
         if !allowed {
             return Err(Denied {
-                code: CODE_FORBIDDEN,
+                code: code::FORBIDDEN,
                 message: format!("Permission denied for action find on class {class}."),
             });
         }
@@ -144,7 +140,7 @@ impl ClassRules {
             let mut fields = crate::query::referenced_fields(where_);
             fields.extend(watch.into_iter().flatten().map(|w| w.split('.').next().unwrap_or(w).to_string()));
             if fields.iter().any(|f| protected.contains(f)) {
-                return Err(Denied { code: CODE_FORBIDDEN, message: "Permission denied".into() });
+                return Err(Denied { code: code::FORBIDDEN, message: "Permission denied".into() });
             }
         }
         Ok(())

@@ -69,6 +69,7 @@ use sqlx::postgres::{PgPool, PgRow, PgTypeInfo, PgValueRef, Postgres};
 use sqlx::Row;
 
 use super::roles::RoleGraph;
+use super::access::role_name;
 use super::{Claims, TokenError};
 
 /// Longer tokens are refused without a query: no real token is this long, and it bounds the
@@ -388,7 +389,7 @@ fn claims_of(row: &PgRow) -> Result<Lookup, sqlx::Error> {
         .into_iter()
         .flatten()
         .flatten()
-        .map(|r| r.strip_prefix("role:").map(str::to_string).unwrap_or(r))
+        .map(|r| role_name(&r).to_string())
         .filter(|r| !r.is_empty())
         .collect();
     let expires_at = optional_column::<PgInstant>(row, "expires_at")?.and_then(|at| at.0);

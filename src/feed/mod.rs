@@ -18,19 +18,22 @@ mod rows;
 pub use catalog::Catalog;
 pub use rows::{to_parse_object, TableInfo};
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use serde::Deserialize;
 use sqlx::Row;
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::config::{FeedConfig, HistoryConfig};
+use crate::catchup::{HistoryBatch, HistoryError, HistorySource};
 use crate::database::DatabaseError;
-use crate::hub::{Change, Hub};
+use crate::hub::Hub;
 use crate::position::Position;
 use catalog::CHANGE_COLUMNS;
 
@@ -53,6 +56,56 @@ fn database_message(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => db.message().to_string(),
         other => other.to_string(),
+    }
+}
+
+/// The `[feed]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// Tables watched at start-up (`schema.table` or `table` for `public`).
+    pub tables: Vec<String>,
+    /// Class name per table, when it should differ from the table name.
+    pub aliases: BTreeMap<String, String>,
+    /// The change table is read at least this often even when no NOTIFY arrives.
+    pub poll_interval_ms: u64,
+    /// Rows read from the change table per query.
+    pub batch_size: u32,
+    /// First and largest delay between attempts to re-establish a lost listener.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            tables: Vec::new(),
+            aliases: BTreeMap::new(),
+            poll_interval_ms: 500,
+            batch_size: 1_000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
+        }
+    }
+}
+
+/// Retention of the change table: what clients can resume from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Changes older than this are pruned, in seconds; 0 keeps changes regardless of age.
+    pub max_age_secs: u64,
+    /// At most this many of the newest changes are kept; 0 keeps any number.
+    pub max_changes: u64,
+    /// How often the pruner runs, in milliseconds.
+    pub prune_interval_ms: u64,
+    /// Rows deleted per pruning transaction (short transactions keep the table available).
+    pub prune_batch: u32,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { max_age_secs: 24 * 3600, max_changes: 1_000_000, prune_interval_ms: 60_000, prune_batch: 5_000 }
     }
 }
 
@@ -261,30 +314,21 @@ impl Reader {
             .fetch_one(&self.pool)
             .await?;
         let stream = StreamState::from_row(&row)?;
-        if stream.epoch != self.epoch {
-            // History was lost (truncated, restored): nothing before the head can be trusted.
-            tracing::warn!(epoch = %stream.epoch, head = stream.head, "the change stream started a new epoch");
-            self.epoch = stream.epoch;
-            self.advance_to(stream.head);
-            self.hub.start_epoch(Position::new(stream.epoch, stream.head));
-            return Ok(0);
-        }
-        if stream.floor > self.cursor {
-            // Another gateway pruned changes this one has not read yet: they are lost to its
-            // clients, who must be told rather than silently skip them.
-            tracing::warn!(floor = stream.floor, cursor = self.cursor, "unread changes were pruned");
-            sqlx::query("select livegate.new_epoch()").execute(&self.pool).await?;
-            return Ok(0);
-        }
-        if stream.head < self.cursor {
-            // Positions went backwards in the same epoch: the database was rolled back under
-            // us. Start a new epoch so that no position is ever reused with other content.
-            tracing::warn!(head = stream.head, cursor = self.cursor, "the change stream went backwards");
-            sqlx::query("select livegate.new_epoch()").execute(&self.pool).await?;
-            return Ok(0);
-        }
-        if stream.head == self.cursor {
-            return Ok(0);
+        match next_step(self.epoch, self.cursor, stream) {
+            Step::Read => {}
+            Step::Idle => return Ok(0),
+            Step::FollowEpoch => {
+                tracing::warn!(epoch = %stream.epoch, head = stream.head, "the change stream started a new epoch");
+                self.epoch = stream.epoch;
+                self.advance_to(stream.head);
+                self.hub.start_epoch(Position::new(stream.epoch, stream.head));
+                return Ok(0);
+            }
+            Step::StartEpoch(why) => {
+                tracing::warn!(floor = stream.floor, head = stream.head, cursor = self.cursor, "{why}; starting a new epoch");
+                sqlx::query("select livegate.new_epoch()").execute(&self.pool).await?;
+                return Ok(0);
+            }
         }
         let rows = sqlx::query(&format!(
             "select {CHANGE_COLUMNS} from livegate.changes where pos > $1 and pos <= $2 order by pos limit $3"
@@ -309,6 +353,39 @@ impl Reader {
     }
 }
 
+/// What the reader does once `livegate.advance` has told it where the stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Changes after the cursor are there: read and publish them.
+    Read,
+    /// Caught up.
+    Idle,
+    /// The stream started a new epoch (history truncated or restored): nothing before its head
+    /// can be trusted; continue from there, and tell the subscribers.
+    FollowEpoch,
+    /// The stream cannot be continued in this epoch; start a new one (the next read follows it).
+    StartEpoch(&'static str),
+}
+
+/// The reader's decision, from its epoch and cursor and the stream's state. Pure.
+fn next_step(epoch: Uuid, cursor: i64, stream: StreamState) -> Step {
+    if stream.epoch != epoch {
+        Step::FollowEpoch
+    } else if stream.floor > cursor {
+        // Another gateway pruned changes this one has not read yet: they are lost to its
+        // clients, who must be told rather than silently skip them.
+        Step::StartEpoch("unread changes were pruned")
+    } else if stream.head < cursor {
+        // Positions went backwards in the same epoch: the database was rolled back under us.
+        // A new epoch makes sure no position is ever reused with other content.
+        Step::StartEpoch("the change stream went backwards")
+    } else if stream.head == cursor {
+        Step::Idle
+    } else {
+        Step::Read
+    }
+}
+
 /// Retained changes, read for clients that resume from an older position.
 pub struct History {
     pool: PgPool,
@@ -316,20 +393,8 @@ pub struct History {
     batch_size: u32,
 }
 
-/// One read of history, with the stream state it was read under (one snapshot).
-#[derive(Debug)]
-pub struct HistoryBatch {
-    pub epoch: Uuid,
-    /// Changes at or below the floor are gone.
-    pub floor: i64,
-    /// In position order, at most one batch.
-    pub changes: Vec<Change>,
-}
-
 impl History {
-    /// Changes with `after < pos <= upto`, at most one batch. The epoch and floor come from the
-    /// same statement, so if `floor <= after` the batch is complete however the pruner races.
-    pub async fn read(&self, after: i64, upto: i64) -> Result<HistoryBatch, sqlx::Error> {
+    async fn read_batch(&self, after: i64, upto: i64) -> Result<HistoryBatch, sqlx::Error> {
         let rows = sqlx::query(&format!(
             "select s.epoch::text as epoch, s.head, s.floor, c.* from livegate.stream s \
              left join lateral (select {CHANGE_COLUMNS} from livegate.changes \
@@ -352,6 +417,14 @@ impl History {
             }
         }
         Ok(HistoryBatch { epoch: stream.epoch, floor: stream.floor, changes })
+    }
+}
+
+/// Changes with `after < pos <= upto`, at most one batch; the epoch and floor come from the same
+/// statement, so if `floor <= after` the batch is complete however the pruner races.
+impl HistorySource for History {
+    fn read(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<HistoryBatch, HistoryError>> {
+        Box::pin(async move { self.read_batch(after, upto).await.map_err(Into::into) })
     }
 }
 
@@ -388,5 +461,22 @@ async fn prune(pool: PgPool, retention: HistoryConfig, published: Arc<AtomicI64>
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reader_follows_the_stream_state() {
+        let epoch = Uuid::new_v4();
+        let at = |head, floor| StreamState { epoch, head, floor };
+        assert_eq!(next_step(epoch, 10, at(12, 0)), Step::Read);
+        assert_eq!(next_step(epoch, 10, at(10, 10)), Step::Idle);
+        assert_eq!(next_step(epoch, 10, at(9, 0)), Step::StartEpoch("the change stream went backwards"));
+        assert_eq!(next_step(epoch, 10, at(20, 11)), Step::StartEpoch("unread changes were pruned"));
+        let other = StreamState { epoch: Uuid::new_v4(), head: 3, floor: 0 };
+        assert_eq!(next_step(epoch, 10, other), Step::FollowEpoch, "a new epoch wins over every other check");
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::auth::ReadAcl;
+use crate::auth::access::ReadAcl;
 use crate::hub::RowImage;
 use crate::value::{date_json, format_instant, parse_instant};
 

@@ -3,10 +3,10 @@
 //! opens a WebSocket to any host from any page, so only the server's check keeps another site
 //! from using it.
 //!
-//! One decision, [`OriginPolicy::check`], serves both: [`apply`] (the middleware installed in
-//! `app.rs`) runs it for every request except WebSocket upgrades, which `transport::ws` checks
-//! with [`OriginPolicy::refuse_upgrade`] before the handshake. A refused request gets a JSON 403
-//! and never reaches its handler.
+//! One decision, [`OriginPolicy::check`], serves both, in one place: [`apply`] (the middleware
+//! installed in `app.rs`) runs it for every request, WebSocket upgrades included (those before
+//! the handshake, and without CORS headers). A refused request gets a JSON 403 and never reaches
+//! its handler.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -19,7 +19,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::transport::ws;
+use super::is_upgrade;
 
 /// `[browser]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -148,14 +148,16 @@ impl OriginPolicy {
         self.check(origin, own_origin(req).as_deref())
     }
 
-    /// The 403 to answer a WebSocket upgrade with, when its origin may not connect.
-    pub fn refuse_upgrade(&self, req: &HttpRequest) -> Option<HttpResponse> {
+    /// What the middleware does with a WebSocket upgrade: CORS does not apply to sockets, so
+    /// an origin that may not connect is refused (403) before the handshake, and an allowed
+    /// one passes with nothing added.
+    fn upgrade_step(&self, req: &HttpRequest) -> Step {
         match self.decide(req) {
             Decision::Refuse(why) => {
                 tracing::debug!(reason = %why, "websocket upgrade refused");
-                Some(forbidden(&why))
+                Step::Answer(forbidden(&why))
             }
-            Decision::NoOrigin | Decision::Allow { .. } => None,
+            Decision::NoOrigin | Decision::Allow { .. } => Step::Continue(Vec::new()),
         }
     }
 
@@ -237,7 +239,7 @@ enum Step {
 
 /// The middleware (install with `App::wrap_fn`): preflights are answered here, refused requests
 /// get a 403 without reaching their handler, allowed ones get their CORS headers. WebSocket
-/// upgrades pass through untouched: their handler checks them before the handshake.
+/// upgrades are judged by the same policy but get no CORS headers.
 pub fn apply<S, B>(
     policy: &OriginPolicy,
     req: ServiceRequest,
@@ -247,8 +249,8 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
 {
-    let upgrade = req.method() == Method::GET && ws::is_upgrade(req.head());
-    let step = if upgrade { Step::Continue(Vec::new()) } else { policy.http_step(req.request()) };
+    let upgrade = req.method() == Method::GET && is_upgrade(req.head());
+    let step = if upgrade { policy.upgrade_step(req.request()) } else { policy.http_step(req.request()) };
     let step = match step {
         Step::Answer(response) => Err(req.into_response(response)),
         Step::Continue(headers) => Ok((service.call(req), headers)),

@@ -12,6 +12,14 @@ use serde_json::json;
 use crate::hub::Hub;
 use crate::transport::{sse, ws};
 
+/// Whether a request asks for a WebSocket upgrade (any path may, as in Parse).
+pub fn is_upgrade(req: &actix_web::dev::RequestHead) -> bool {
+    req.headers
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
 /// What the plain HTTP endpoints report.
 #[derive(Clone)]
 pub struct HealthState {
@@ -20,7 +28,7 @@ pub struct HealthState {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/{any:.*}", web::get().guard(guard::fn_guard(|ctx| ws::is_upgrade(ctx.head()))).to(ws::upgrade))
+    cfg.route("/{any:.*}", web::get().guard(guard::fn_guard(|ctx| is_upgrade(ctx.head()))).to(ws::upgrade))
         .route("/events/{class}", web::get().to(sse::events))
         .route("/", web::get().to(demo_page))
         .route("/health", web::get().to(health))

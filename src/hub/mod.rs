@@ -1,6 +1,7 @@
 //! The subscription hub shared by every transport: subscriptions grouped by class and by
 //! identical query (canonical `where`), one evaluation of each distinct query per change, the
-//! Parse decision table per subscriber, and the payload encoded once per change and projection.
+//! Parse decision table per subscriber ([`event`]), and the payload encoded once per change and
+//! projection ([`payload`]).
 //!
 //! The hub never waits on a client: delivery is a non-blocking push into the connection's
 //! bounded [`Outbox`]. All state sits behind one lock; fan-out takes it shared, subscription
@@ -11,13 +12,18 @@
 //! delivered live, so a catch-up that replays history up to that position leaves no gap and no
 //! duplicate (see [`crate::catchup`]).
 
+mod event;
 mod index;
 mod outbox;
+mod payload;
 
 pub use index::IndexEntry;
 pub use outbox::{Delivery, Outbox, Outgoing};
+pub use payload::Payload;
 
+use event::{shape, Matches};
 use index::QueryIndex;
+use payload::PayloadCache;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -27,10 +33,10 @@ use serde_json::{Map, Value};
 
 use uuid::Uuid;
 
-use crate::auth::{can_read, Identity, ReadAcl};
+use crate::auth::access::{Identity, ReadAcl};
 use crate::position::{Gap, Position};
-use crate::protocol::{EventOp, RequestId};
-use crate::query::Query;
+use crate::protocol::{code, RequestId, Refusal};
+use crate::query::{canonical_key, Query, QueryError, QueryLimits};
 
 pub type ConnectionId = u64;
 
@@ -59,23 +65,16 @@ pub struct RowImage {
     pub acl: Option<ReadAcl>,
 }
 
-/// An encoded event body shared by every recipient with the same projection.
-#[derive(Debug)]
-pub struct Payload {
-    pub position: Position,
-    pub object: String,
-    pub original: Option<String>,
-}
-
-/// A subscription as the hub needs it.
+/// A subscription as the hub needs it. Built by [`Subscription::new`], which derives the
+/// canonical key and the index entry from the same `where` it compiles.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub class: Arc<str>,
     /// Canonical dedupe key (see [`crate::query::canonical_key`]).
-    pub key: String,
-    pub query: Arc<Query>,
+    key: String,
+    query: Arc<Query>,
     /// Where the query is filed in the class's equality index (see [`IndexEntry::of`]).
-    pub index: Option<IndexEntry>,
+    index: Option<IndexEntry>,
     pub keys: Option<Arc<[String]>>,
     pub watch: Option<Arc<[String]>>,
     pub identity: Identity,
@@ -83,6 +82,31 @@ pub struct Subscription {
     pub hidden: Option<Arc<[String]>>,
     /// The client tracks positions: its events carry them and it is told about gaps.
     pub positions: bool,
+}
+
+impl Subscription {
+    /// An anonymous subscription to `class` with this `where` (compiled within `limits`),
+    /// projection and watch list; set `identity`, `hidden` and `positions` as needed.
+    pub fn new(
+        class: &str,
+        where_: &Map<String, Value>,
+        limits: QueryLimits,
+        keys: Option<Vec<String>>,
+        watch: Option<Vec<String>>,
+    ) -> Result<Subscription, QueryError> {
+        let query = Query::compile(where_, limits)?;
+        Ok(Subscription {
+            key: canonical_key(class, where_),
+            index: IndexEntry::of(where_),
+            class: class.into(),
+            query: Arc::new(query),
+            keys: keys.map(Into::into),
+            watch: watch.map(Into::into),
+            identity: Identity::default(),
+            hidden: None,
+            positions: false,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,13 +121,33 @@ pub enum SubscribeError {
     Cancelled,
 }
 
+impl SubscribeError {
+    /// What the client is told; `None` when nothing is worth saying (the subscription was
+    /// cancelled by the client itself, or the caller retries).
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            SubscribeError::TooManySubscriptions { limit } => Some(Refusal::new(
+                code::LIMIT_EXCEEDED,
+                format!("Too many subscriptions on this connection (limit {limit})"),
+            )),
+            SubscribeError::UnknownConnection => Some(Refusal {
+                code: code::NOT_FOUND,
+                message: "Can not find this client, make sure you connect to server before subscribing".into(),
+                reconnect: true,
+            }),
+            SubscribeError::Moved(_) | SubscribeError::Cancelled => None,
+        }
+    }
+}
+
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     /// Live from the current position.
     Now,
-    /// Live from the current position, taking up the [`Hub::reserve`]d requestId.
-    Reserved(Reservation),
+    /// Live from the current position, taking up the [`Hub::reserve`]d requestId, after telling
+    /// the client that history could not be replayed (the gap precedes `subscribed`).
+    AfterGap(Reservation, Gap),
     /// Taking up the reserved requestId, only if the hub stands exactly at this position.
     At(Position, Reservation),
 }
@@ -142,6 +186,8 @@ struct ClassQueries {
     index: QueryIndex,
 }
 
+type Classes = HashMap<Arc<str>, ClassQueries>;
+
 struct Connection {
     outbox: Outbox,
     /// requestId → (class, query key), to find the group again.
@@ -150,9 +196,42 @@ struct Connection {
     reserved: HashMap<RequestId, Reservation>,
 }
 
+impl Connection {
+    /// Drops whatever `request_id` held (a subscription or a reservation), then checks that
+    /// one more fits under `limit`.
+    fn vacate(
+        &mut self,
+        classes: &mut Classes,
+        id: ConnectionId,
+        request_id: &RequestId,
+        limit: usize,
+    ) -> Result<(), SubscribeError> {
+        if let Some((class, key)) = self.subscriptions.remove(request_id) {
+            remove_member(classes, &class, &key, id, request_id);
+        }
+        self.reserved.remove(request_id);
+        if self.subscriptions.len() + self.reserved.len() >= limit {
+            return Err(SubscribeError::TooManySubscriptions { limit });
+        }
+        Ok(())
+    }
+
+    /// Checks that `start` may take up `request_id` with the hub at `live`.
+    fn admits(&self, request_id: &RequestId, start: Start, live: Position) -> Result<(), SubscribeError> {
+        match start {
+            Start::Now => Ok(()),
+            Start::AfterGap(ticket, _) | Start::At(_, ticket) if self.reserved.get(request_id) != Some(&ticket) => {
+                Err(SubscribeError::Cancelled)
+            }
+            Start::At(at, _) if at != live => Err(SubscribeError::Moved(live)),
+            Start::AfterGap(..) | Start::At(..) => Ok(()),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    classes: HashMap<Arc<str>, ClassQueries>,
+    classes: Classes,
     connections: HashMap<ConnectionId, Connection>,
     epoch: Uuid,
 }
@@ -178,7 +257,11 @@ impl Hub {
 
     /// Where the live stream stands: the last change fanned out.
     pub fn position(&self) -> Position {
-        let state = self.read();
+        self.live(&self.read())
+    }
+
+    /// The published position, read under either lock.
+    fn live(&self, state: &State) -> Position {
         Position::new(state.epoch, self.published.load(Ordering::Acquire))
     }
 
@@ -223,70 +306,37 @@ impl Hub {
         let mut state = self.write();
         let state = &mut *state;
         let conn = state.connections.get_mut(&connection).ok_or(SubscribeError::UnknownConnection)?;
-        if let Some((class, key)) = conn.subscriptions.remove(&request_id) {
-            remove_member(&mut state.classes, &class, &key, connection, &request_id);
-        }
-        conn.reserved.remove(&request_id);
-        if conn.subscriptions.len() + conn.reserved.len() >= self.subscriptions_per_connection {
-            return Err(SubscribeError::TooManySubscriptions { limit: self.subscriptions_per_connection });
-        }
+        conn.vacate(&mut state.classes, connection, &request_id, self.subscriptions_per_connection)?;
         let ticket = Reservation(self.next_connection.fetch_add(1, Ordering::Relaxed));
         conn.reserved.insert(request_id, ticket);
         Ok(ticket)
     }
 
-    /// Adds (or replaces, for a reused requestId) a subscription, then queues its confirmation
-    /// while still holding the lock, so the confirmation precedes every event of the
-    /// subscription. Returns the position it went live at: every change after it is delivered.
+    /// Adds (or replaces, for a reused requestId) a subscription, then queues
+    /// [`Outgoing::Subscribed`] while still holding the lock, so the confirmation precedes
+    /// every event of the subscription. Returns the position it went live at: every change
+    /// after it is delivered.
     pub fn subscribe(
         &self,
         connection: ConnectionId,
         request_id: RequestId,
         subscription: Subscription,
         start: Start,
-        confirmation: impl FnOnce(Position) -> Outgoing,
     ) -> Result<Position, SubscribeError> {
         let mut state = self.write();
         let state = &mut *state;
-        let live = Position::new(state.epoch, self.published.load(Ordering::Acquire));
+        let live = self.live(state);
         let conn = state.connections.get_mut(&connection).ok_or(SubscribeError::UnknownConnection)?;
-        match start {
-            Start::Now => {}
-            Start::Reserved(ticket) | Start::At(_, ticket) if conn.reserved.get(&request_id) != Some(&ticket) => {
-                return Err(SubscribeError::Cancelled)
-            }
-            Start::At(at, _) if at != live => return Err(SubscribeError::Moved(live)),
-            Start::Reserved(_) | Start::At(..) => {
-                conn.reserved.remove(&request_id);
-            }
-        }
-        if let Some((class, key)) = conn.subscriptions.remove(&request_id) {
-            remove_member(&mut state.classes, &class, &key, connection, &request_id);
-        }
-        conn.reserved.remove(&request_id);
-        if conn.subscriptions.len() + conn.reserved.len() >= self.subscriptions_per_connection {
-            return Err(SubscribeError::TooManySubscriptions { limit: self.subscriptions_per_connection });
-        }
+        conn.admits(&request_id, start, live)?;
+        conn.vacate(&mut state.classes, connection, &request_id, self.subscriptions_per_connection)?;
         let outbox = conn.outbox.clone();
         conn.subscriptions.insert(request_id.clone(), (subscription.class.clone(), subscription.key.clone()));
-        let class = state.classes.entry(subscription.class).or_default();
-        let group = match class.groups.entry(subscription.key) {
-            std::collections::hash_map::Entry::Occupied(group) => group.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                class.index.insert(slot.key(), subscription.index.as_ref());
-                slot.insert(Group { query: subscription.query, index: subscription.index, members: HashMap::new() })
-            }
-        };
-        let member = Member {
-            outbox: outbox.clone(),
-            keys: subscription.keys,
-            watch: subscription.watch,
-            identity: subscription.identity,
-            hidden: subscription.hidden,
-            positions: subscription.positions,
-        };
-        group.members.insert((connection, request_id), member);
-        outbox.push(confirmation(live));
+        let positioned = subscription.positions;
+        install(&mut state.classes, (connection, request_id.clone()), subscription, outbox.clone());
+        if let Start::AfterGap(_, gap) = start {
+            outbox.push(Outgoing::Gap { request_id: request_id.clone(), gap, position: live });
+        }
+        outbox.push(Outgoing::Subscribed { request_id, position: live, positioned });
         Ok(live)
     }
 
@@ -304,14 +354,16 @@ impl Hub {
         true
     }
 
-    /// Removes one live subscription because its identity is no longer valid, and returns the
-    /// position it stopped at: it received every change up to there and nothing after, so a
-    /// resume from it (with a fresh identity) loses nothing.
+    /// Stops one subscription because its identity is no longer valid (a reservation is
+    /// cancelled), and returns the position a live one stopped at: it received every change up
+    /// to there and nothing after, so a resume from it (with a fresh identity) loses nothing.
     pub fn suspend(&self, connection: ConnectionId, request_id: &RequestId) -> Option<Position> {
         let mut state = self.write();
         let state = &mut *state;
-        let stopped = Position::new(state.epoch, self.published.load(Ordering::Acquire));
-        let (class, key) = state.connections.get_mut(&connection)?.subscriptions.remove(request_id)?;
+        let stopped = self.live(state);
+        let conn = state.connections.get_mut(&connection)?;
+        conn.reserved.remove(request_id);
+        let (class, key) = conn.subscriptions.remove(request_id)?;
         remove_member(&mut state.classes, &class, &key, connection, request_id);
         Some(stopped)
     }
@@ -420,88 +472,29 @@ pub fn replay(subscription: &Subscription, request_id: &RequestId, change: &Chan
     Some(Delivery { op: shape.op(), request_id: request_id.clone(), payload, positioned: subscription.positions })
 }
 
-/// Whether a query matches the old and the new image of a change.
-#[derive(Debug, Clone, Copy)]
-struct Matches {
-    old: bool,
-    new: bool,
-}
-
-impl Matches {
-    fn of(query: &Query, change: &Change) -> Matches {
-        Matches {
-            old: change.old.as_ref().is_some_and(|o| query.matches(&o.object)),
-            new: change.new.as_ref().is_some_and(|n| query.matches(&n.object)),
+/// Files a subscriber in its query's group, creating the group (and its index entry) if it is
+/// the first with that query.
+fn install(classes: &mut Classes, member_key: (ConnectionId, RequestId), subscription: Subscription, outbox: Outbox) {
+    let class = classes.entry(subscription.class).or_default();
+    let group = match class.groups.entry(subscription.key) {
+        std::collections::hash_map::Entry::Occupied(group) => group.into_mut(),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            class.index.insert(slot.key(), subscription.index.as_ref());
+            slot.insert(Group { query: subscription.query, index: subscription.index, members: HashMap::new() })
         }
-    }
-
-    fn any(self) -> bool {
-        self.old || self.new
-    }
-}
-
-/// The event a subscriber gets, finer than the wire op: Parse 2026 sends a different body when
-/// read access (not the query) decided an enter or a leave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    Create,
-    Update,
-    Delete,
-    Enter,
-    Leave,
-    /// Entered from a state the subscriber could not read: no `original`.
-    EnterGranted,
-    /// Left into a state the subscriber cannot read: `object` is the last state it could.
-    LeaveRevoked,
-}
-
-impl Shape {
-    fn op(self) -> EventOp {
-        match self {
-            Shape::Create => EventOp::Create,
-            Shape::Update => EventOp::Update,
-            Shape::Delete => EventOp::Delete,
-            Shape::Enter | Shape::EnterGranted => EventOp::Enter,
-            Shape::Leave | Shape::LeaveRevoked => EventOp::Leave,
-        }
-    }
-}
-
-/// Parse's decision table (§3.2) for one subscriber: an image is visible when it matches the
-/// query and the subscriber may read it; `watch` filters creates and updates.
-fn shape(change: &Change, matches: Matches, identity: &Identity, watch: Option<&[String]>) -> Option<Shape> {
-    let readable = |image: &Option<RowImage>| image.as_ref().is_some_and(|i| can_read(i.acl.as_ref(), identity));
-    let (old_readable, new_readable) = (readable(&change.old), readable(&change.new));
-    let old_visible = matches.old && old_readable;
-    let new_visible = matches.new && new_readable;
-    let shape = match change.kind {
-        ChangeKind::Delete => old_visible.then_some(Shape::Delete)?,
-        ChangeKind::Insert => new_visible.then_some(Shape::Create)?,
-        ChangeKind::Update => match (old_visible, new_visible) {
-            (true, true) => Shape::Update,
-            // A state the subscriber may not read is never sent, whether the query or the ACL
-            // decided the leave or enter: a leave then shows the last readable state, an enter
-            // comes without original.
-            (true, false) if !new_readable => Shape::LeaveRevoked,
-            (true, false) => Shape::Leave,
-            (false, true) if !old_readable => Shape::EnterGranted,
-            (false, true) => Shape::Enter,
-            (false, false) => return None,
-        },
     };
-    if matches!(shape, Shape::Create | Shape::Update) && !watched_field_changed(watch, change) {
-        return None;
-    }
-    Some(shape)
+    let member = Member {
+        outbox,
+        keys: subscription.keys,
+        watch: subscription.watch,
+        identity: subscription.identity,
+        hidden: subscription.hidden,
+        positions: subscription.positions,
+    };
+    group.members.insert(member_key, member);
 }
 
-fn remove_member(
-    classes: &mut HashMap<Arc<str>, ClassQueries>,
-    class: &Arc<str>,
-    key: &str,
-    connection: ConnectionId,
-    request_id: &RequestId,
-) {
+fn remove_member(classes: &mut Classes, class: &Arc<str>, key: &str, connection: ConnectionId, request_id: &RequestId) {
     let Some(queries) = classes.get_mut(class) else { return };
     if let Some(group) = queries.groups.get_mut(key) {
         group.members.remove(&(connection, request_id.clone()));
@@ -512,83 +505,6 @@ fn remove_member(
     }
     if queries.groups.is_empty() {
         classes.remove(class);
-    }
-}
-
-/// `watch`: a create or update is sent only when a watched field differs from the original
-/// (a create compares with nothing, so it needs a watched field to be set). A NULL column is
-/// an unset field, as in Parse.
-fn watched_field_changed(watch: Option<&[String]>, change: &Change) -> bool {
-    let Some(watch) = watch else { return true };
-    let Some(new) = &change.new else { return true };
-    watch.iter().any(|name| set_field(Some(new), name) != set_field(change.old.as_ref(), name))
-}
-
-fn set_field<'a>(image: Option<&'a RowImage>, name: &str) -> Option<&'a Value> {
-    image.and_then(|i| i.object.get(name)).filter(|v| !v.is_null())
-}
-
-/// Fields every projection keeps (Parse's `_toJSONWithFields`).
-const ALWAYS_SENT: [&str; 5] = ["className", "objectId", "createdAt", "updatedAt", "ACL"];
-
-fn encode(object: &Map<String, Value>, keys: Option<&Arc<[String]>>, hidden: Option<&Arc<[String]>>) -> String {
-    let result = match (keys, hidden) {
-        (None, None) => serde_json::to_string(object),
-        _ => {
-            let shown = |k: &str| {
-                let selected = keys.is_none_or(|keys| ALWAYS_SENT.contains(&k) || keys.iter().any(|key| key == k));
-                selected && !hidden.is_some_and(|hidden| hidden.iter().any(|h| h == k))
-            };
-            let projected: Map<String, Value> =
-                object.iter().filter(|(k, _)| shown(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-            serde_json::to_string(&projected)
-        }
-    };
-    // A map of JSON values always serialises; an empty object is the harmless fallback.
-    result.unwrap_or_else(|_| "{}".into())
-}
-
-/// A subscription's `keys` (`None` sends whole objects) and its hidden fields.
-type Projection = (Option<Arc<[String]>>, Option<Arc<[String]>>);
-
-/// Payloads of one change, encoded on first use and shared by every subscriber with the same
-/// event shape and projection.
-struct PayloadCache<'a> {
-    change: &'a Change,
-    position: Position,
-    entries: Vec<(Shape, Projection, Arc<Payload>)>,
-}
-
-impl<'a> PayloadCache<'a> {
-    fn new(change: &'a Change, position: Position) -> Self {
-        PayloadCache { change, position, entries: Vec::new() }
-    }
-
-    fn get(&mut self, shape: Shape, keys: Option<&Arc<[String]>>, hidden: Option<&Arc<[String]>>) -> Arc<Payload> {
-        let same = |a: &Option<Arc<[String]>>, b: Option<&Arc<[String]>>| match (a, b) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            _ => false,
-        };
-        let same_projection = |(k, h): &Projection| same(k, keys) && same(h, hidden);
-        if let Some((_, _, payload)) = self.entries.iter().find(|(s, p, _)| *s == shape && same_projection(p)) {
-            return payload.clone();
-        }
-        let (old, new) = (self.change.old.as_ref(), self.change.new.as_ref());
-        let (object, original) = match shape {
-            Shape::Create => (new, None),
-            Shape::Delete => (old, None),
-            Shape::EnterGranted => (new, None),
-            Shape::LeaveRevoked => (old, old),
-            Shape::Enter | Shape::Update | Shape::Leave => (new, old),
-        };
-        let payload = Arc::new(Payload {
-            position: self.position,
-            object: object.map(|o| encode(&o.object, keys, hidden)).unwrap_or_else(|| "{}".into()),
-            original: original.map(|o| encode(&o.object, keys, hidden)),
-        });
-        self.entries.push((shape, (keys.cloned(), hidden.cloned()), payload.clone()));
-        payload
     }
 }
 

@@ -9,13 +9,18 @@ use tokio::sync::{mpsc, Notify};
 
 use super::Payload;
 use crate::position::{Gap, Position};
-use crate::protocol::{EventOp, RequestId};
+use crate::protocol::{EventOp, Refusal, RequestId};
 
-/// What a connection's transport receives.
+/// What a connection's transport receives; each transport frames it its own way.
 #[derive(Debug)]
 pub enum Outgoing {
-    /// A protocol reply, already encoded.
+    /// A protocol reply, already encoded by the connection's session.
     Text(String),
+    /// A subscription is live from `position`: every later change of its query follows.
+    /// `positioned`: the subscriber tracks positions, so the confirmation carries it.
+    Subscribed { request_id: RequestId, position: Position, positioned: bool },
+    /// A subscription could not be started (or could not go live after catching up).
+    Refused { request_id: RequestId, refusal: Refusal },
     /// A data event for one subscription; the transport frames it.
     Event(Delivery),
     /// A subscription's history has a hole: the client must refetch, then continues live from

@@ -2,25 +2,15 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::Receiver;
 
 use super::*;
-use crate::query::{canonical_key, QueryLimits};
+use crate::protocol::EventOp;
 
 fn object(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap()
 }
 
 fn subscription(where_: Value, keys: Option<&[&str]>, watch: Option<&[&str]>) -> Subscription {
-    let where_ = object(where_);
-    Subscription {
-        class: "Msg".into(),
-        key: canonical_key("Msg", &where_),
-        index: IndexEntry::of(&where_),
-        query: Arc::new(Query::compile(&where_, QueryLimits::default()).unwrap()),
-        keys: keys.map(|k| k.iter().map(|s| s.to_string()).collect()),
-        watch: watch.map(|k| k.iter().map(|s| s.to_string()).collect()),
-        identity: Identity::default(),
-        hidden: None,
-        positions: false,
-    }
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    Subscription::new("Msg", &object(where_), QueryLimits::default(), keys.map(names), watch.map(names)).unwrap()
 }
 
 fn image(v: Value) -> Option<RowImage> {
@@ -37,7 +27,7 @@ fn connect(hub: &Hub, capacity: usize) -> (ConnectionId, Receiver<Outgoing>) {
 }
 
 fn subscribe(hub: &Hub, conn: ConnectionId, id: i64, sub: Subscription) {
-    hub.subscribe(conn, RequestId::from(id), sub, Start::Now, |_| Outgoing::Text("subscribed".into())).unwrap();
+    hub.subscribe(conn, RequestId::from(id), sub, Start::Now).unwrap();
 }
 
 /// Every event delivered so far, as (op, requestId, object, original).
@@ -181,9 +171,7 @@ fn unsubscribe_replace_and_disconnect_leave_nothing_behind() {
         "reused requestId replaces"
     );
     subscribe(&hub, conn, 2, subscription(json!({"a": 3}), None, None));
-    let refused = hub.subscribe(conn, RequestId::from(3), subscription(json!({}), None, None), Start::Now, |_| {
-        Outgoing::Text(String::new())
-    });
+    let refused = hub.subscribe(conn, RequestId::from(3), subscription(json!({}), None, None), Start::Now);
     assert_eq!(refused, Err(SubscribeError::TooManySubscriptions { limit: 2 }));
     assert!(hub.unsubscribe(conn, &RequestId::from(2)));
     assert!(!hub.unsubscribe(conn, &RequestId::from(2)));

@@ -5,7 +5,7 @@
 mod request;
 mod response;
 
-pub use request::{decode, ClientKeys, Connect, Decoded, Request, Subscribe};
+pub use request::{decode, Connect, Decoded, KeyPairs, Request, Subscribe};
 pub use response::{encode_error, encode_event, encode_reply, EventOp, Reply};
 
 use std::fmt;
@@ -22,8 +22,31 @@ pub mod code {
     pub const INVALID_KEYS: i64 = 4;
     /// A `where` that cannot be evaluated (Parse's INVALID_QUERY).
     pub const INVALID_QUERY: i64 = 102;
+    /// Authentication required for a class (Parse's OBJECT_NOT_FOUND, as Parse uses it).
+    pub const NEEDS_AUTHENTICATION: i64 = 101;
+    /// A class rule refuses the subscriber (Parse's OPERATION_FORBIDDEN).
+    pub const FORBIDDEN: i64 = 119;
     /// Too many subscriptions on one connection (Parse's REQUEST_LIMIT_EXCEEDED).
     pub const LIMIT_EXCEEDED: i64 = 155;
+    /// A session token that is invalid, expired or revoked (Parse's INVALID_SESSION_TOKEN).
+    pub const INVALID_SESSION_TOKEN: i64 = 209;
+}
+
+/// Why a request was turned down, as the client is told: a Parse error code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: i64,
+    pub message: String,
+    /// It concerns the connection rather than one subscription: Parse then tells the client to
+    /// reconnect and sends no requestId.
+    pub reconnect: bool,
+}
+
+impl Refusal {
+    /// A refusal of one subscription.
+    pub fn new(code: i64, message: impl Into<String>) -> Refusal {
+        Refusal { code, message: message.into(), reconnect: false }
+    }
 }
 
 /// A client-chosen subscription id: any JSON number, echoed back exactly as received.

@@ -20,19 +20,42 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Connect {
     pub application_id: String,
-    pub keys: ClientKeys,
+    pub keys: KeyPairs,
     pub session_token: Option<String>,
     pub installation_id: Option<String>,
 }
 
-/// The key fields a `connect` may carry, compared with the configured key pairs.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ClientKeys {
+/// Parse's five keys, as configured (`[keys]`) and as a `connect` presents them: one type, so
+/// that the check pairs them field by field ([`KeyPairs::fields`]) rather than by hand.
+#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyPairs {
     pub javascript_key: Option<String>,
     pub client_key: Option<String>,
     pub rest_api_key: Option<String>,
     pub windows_key: Option<String>,
     pub master_key: Option<String>,
+}
+
+impl KeyPairs {
+    /// The keys in one fixed order, the master key last.
+    pub fn fields(&self) -> [&Option<String>; 5] {
+        [&self.javascript_key, &self.client_key, &self.rest_api_key, &self.windows_key, &self.master_key]
+    }
+}
+
+/// Never prints a key: only whether each is set.
+impl std::fmt::Debug for KeyPairs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |k: &Option<String>| if k.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("KeyPairs")
+            .field("javascriptKey", &set(&self.javascript_key))
+            .field("clientKey", &set(&self.client_key))
+            .field("restAPIKey", &set(&self.rest_api_key))
+            .field("windowsKey", &set(&self.windows_key))
+            .field("masterKey", &set(&self.master_key))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -206,7 +229,7 @@ fn validate(value: &Value) -> Result<Request, String> {
             let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_string);
             Ok(Request::Connect(Connect {
                 application_id: text("applicationId").unwrap_or_default(),
-                keys: ClientKeys {
+                keys: KeyPairs {
                     javascript_key: text("javascriptKey"),
                     client_key: text("clientKey"),
                     rest_api_key: text("restAPIKey"),

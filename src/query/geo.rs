@@ -4,6 +4,8 @@
 
 use serde_json::Value;
 
+use super::operand::{type_tag, untagged_or};
+
 /// A point as (latitude, longitude) in degrees.
 pub type Point = (f64, f64);
 
@@ -12,19 +14,10 @@ pub const EARTH_RADIUS_MILES: f64 = 3958.8;
 /// Mean Earth radius Parse's SDK uses for `withinKilometers`.
 pub const EARTH_RADIUS_KILOMETERS: f64 = 6371.0;
 
-fn type_tag(value: &Value) -> Option<&str> {
-    value.as_object()?.get("__type")?.as_str()
-}
-
 /// A GeoPoint of an object: `{"__type":"GeoPoint","latitude":…,"longitude":…}`, or the same
 /// without `__type` (how Parse's SDK constructs one from plain JSON). Any other value: `None`.
 pub fn point_of(value: &Value) -> Option<Point> {
-    let map = value.as_object()?;
-    match map.get("__type") {
-        None => {}
-        Some(tag) if tag.as_str() == Some("GeoPoint") => {}
-        Some(_) => return None,
-    }
+    let map = value.as_object().filter(|m| untagged_or(m, &["GeoPoint"]))?;
     Some((map.get("latitude")?.as_f64()?, map.get("longitude")?.as_f64()?))
 }
 

@@ -55,11 +55,20 @@ impl Default for QueryLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryError(pub String);
 
+impl QueryError {
+    /// The text sent to the client.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for QueryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for QueryError {}
 
 /// A compiled `where`: a conjunction of nodes.
 #[derive(Debug, Clone)]
@@ -92,7 +101,8 @@ enum Test {
     ContainedBy(Vec<Operand>),
     Exists(bool),
     Regex(Regex),
-    /// Haversine distance in radians at most `max_radians` (infinite when not given).
+    /// Haversine distance in radians at most `max_radians`: `$nearSphere` (infinite without a
+    /// `$maxDistance…`) and `$geoWithin`/`$centerSphere`.
     Near {
         center: Point,
         max_radians: f64,
@@ -103,10 +113,6 @@ enum Test {
         north_east: Point,
     },
     WithinPolygon(Vec<Point>),
-    WithinSphere {
-        center: Point,
-        radians: f64,
-    },
     /// The value is a Polygon containing the point.
     Intersects(Point),
 }
@@ -142,29 +148,38 @@ fn compile_conjunction(
     let mut nodes = Vec::with_capacity(where_.len());
     for (key, constraint) in where_ {
         let node = match key.as_str() {
-            "$or" | "$and" | "$nor" => {
-                let Some(branches) = constraint.as_array().filter(|a| !a.is_empty()) else {
-                    return Err(QueryError(format!("{key} must be a non-empty array")));
-                };
-                let mut compiled = Vec::with_capacity(branches.len());
-                for branch in branches {
-                    let Some(branch) = branch.as_object() else {
-                        return Err(QueryError(format!("{key} must be an array of objects")));
-                    };
-                    compiled.push(compile_conjunction(branch, limits, depth + 1, regexes)?);
-                }
-                match key.as_str() {
-                    "$or" => Node::Or(compiled),
-                    "$and" => Node::And(compiled),
-                    _ => Node::Nor(compiled),
-                }
-            }
+            "$or" | "$and" | "$nor" => compile_logical(key, constraint, limits, depth, regexes)?,
             k if k.starts_with('$') => return Err(refusal(k)),
             field => compile_field(field, constraint, limits, regexes)?,
         };
         nodes.push(node);
     }
     Ok(nodes)
+}
+
+/// `$or`, `$and` or `$nor` (`operator`) at `depth`: a non-empty array of conjunctions.
+fn compile_logical(
+    operator: &str,
+    constraint: &Value,
+    limits: QueryLimits,
+    depth: usize,
+    regexes: &mut usize,
+) -> Result<Node, QueryError> {
+    let Some(branches) = constraint.as_array().filter(|a| !a.is_empty()) else {
+        return Err(QueryError(format!("{operator} must be a non-empty array")));
+    };
+    let mut compiled = Vec::with_capacity(branches.len());
+    for branch in branches {
+        let Some(branch) = branch.as_object() else {
+            return Err(QueryError(format!("{operator} must be an array of objects")));
+        };
+        compiled.push(compile_conjunction(branch, limits, depth + 1, regexes)?);
+    }
+    Ok(match operator {
+        "$or" => Node::Or(compiled),
+        "$and" => Node::And(compiled),
+        _ => Node::Nor(compiled),
+    })
 }
 
 /// Why an operator this matcher does not evaluate is refused.
@@ -182,100 +197,122 @@ fn refusal(operator: &str) -> QueryError {
     })
 }
 
+/// A field's constraint: a value to equal, or operators, each compiled to a test.
 fn compile_field(
     field: &str,
     constraint: &Value,
     limits: QueryLimits,
     regexes: &mut usize,
 ) -> Result<Node, QueryError> {
-    if field.is_empty() || field.split('.').any(str::is_empty) {
-        return Err(QueryError(format!("Invalid field name: {field:?}")));
-    }
-    let path: Vec<String> = field.split('.').map(str::to_string).collect();
-    let operators = match constraint {
-        Value::Object(map) if !map.is_empty() && !map.contains_key("__type") => {
-            let dollar = map.keys().filter(|k| k.starts_with('$')).count();
-            if dollar == 0 {
-                None
-            } else if dollar < map.len() {
-                return Err(QueryError(format!("Invalid constraint on {field}: operators mixed with plain keys")));
-            } else {
-                Some(map)
-            }
-        }
-        _ => None,
-    };
-    let Some(operators) = operators else {
+    let path = field_path(field)?;
+    let Some(operators) = operators_of(field, constraint)? else {
         let operand = Operand::decode(constraint).map_err(|e| QueryError(format!("{field}: {e}")))?;
         return Ok(Node::Field { path, tests: vec![Test::Equals(operand)] });
     };
     let mut tests = Vec::with_capacity(operators.len());
     for (op, operand) in operators {
-        let fail = |message: String| QueryError(format!("{field}.{op}: {message}"));
-        let decode = |v: &Value| Operand::decode(v).map_err(fail);
-        let test = match op.as_str() {
-            "$eq" => Test::Equals(decode(operand)?),
-            "$ne" => Test::NotEquals(decode(operand)?),
-            "$lt" | "$lte" | "$gt" | "$gte" => {
-                let ordering = match op.as_str() {
-                    "$lt" => Ordering::Less,
-                    "$lte" => Ordering::LessOrEqual,
-                    "$gt" => Ordering::Greater,
-                    _ => Ordering::GreaterOrEqual,
-                };
-                Test::Compare(ordering, Operand::decode_bound(operand).map_err(fail)?)
-            }
-            "$in" | "$nin" | "$all" | "$containedBy" => {
-                let list = bounded_list(field, op, operand, limits)?;
-                match op.as_str() {
-                    "$in" => Test::In(list.iter().map(decode).collect::<Result<_, _>>()?),
-                    "$nin" => Test::NotIn(list.iter().map(decode).collect::<Result<_, _>>()?),
-                    "$containedBy" => Test::ContainedBy(list.iter().map(decode).collect::<Result<_, _>>()?),
-                    _ => compile_all(field, list, limits, regexes)?,
-                }
-            }
-            "$exists" => match operand {
-                Value::Bool(b) => Test::Exists(*b),
-                _ => return Err(QueryError(format!("{field}.$exists must be a boolean"))),
-            },
-            "$regex" => {
-                let options = match operators.get("$options") {
-                    None => "",
-                    Some(Value::String(options)) => options.as_str(),
-                    Some(_) => return Err(QueryError(format!("{field}.$options must be a string"))),
-                };
-                Test::Regex(compile_regex(field, operand, options, limits, regexes)?)
-            }
-            "$options" => {
-                if !operators.contains_key("$regex") {
-                    return Err(QueryError(format!("{field}.$options is only valid with $regex")));
-                }
-                continue;
-            }
-            "$nearSphere" => Test::Near {
-                center: geo::decode_point(operand).map_err(fail)?,
-                max_radians: max_distance(field, operators)?,
-            },
-            distance if GEO_DISTANCES.contains(&distance) => {
-                if !operators.contains_key("$nearSphere") {
-                    return Err(QueryError(format!("{field}.{distance} is only valid with $nearSphere")));
-                }
-                continue;
-            }
-            "$within" => compile_box(field, operand)?,
-            "$geoWithin" => compile_geo_within(field, operand, limits)?,
-            "$geoIntersects" => {
-                let point = single_key(operand, "$point")
-                    .ok_or_else(|| QueryError(format!("{field}.$geoIntersects must be {{\"$point\": GeoPoint}}")))?;
-                Test::Intersects(
-                    geo::decode_point(point).map_err(|e| QueryError(format!("{field}.$geoIntersects: {e}")))?,
-                )
-            }
-            other => return Err(refusal(other)),
-        };
-        tests.push(test);
+        if let Some(test) = compile_operator(field, op, operand, operators, limits, regexes)? {
+            tests.push(test);
+        }
     }
     Ok(Node::Field { path, tests })
+}
+
+/// The segments of a dotted field name, none of them empty.
+fn field_path(field: &str) -> Result<Vec<String>, QueryError> {
+    if field.split('.').any(str::is_empty) {
+        return Err(QueryError(format!("Invalid field name: {field:?}")));
+    }
+    Ok(field.split('.').map(str::to_string).collect())
+}
+
+/// The operators of a constraint, or `None` when the constraint is a value to equal: anything
+/// but a non-empty object whose keys all start with `$` (typed values, with `__type`, are values).
+fn operators_of<'a>(field: &str, constraint: &'a Value) -> Result<Option<&'a Map<String, Value>>, QueryError> {
+    let Some(map) = constraint.as_object().filter(|m| !m.is_empty() && !m.contains_key("__type")) else {
+        return Ok(None);
+    };
+    match map.keys().filter(|k| k.starts_with('$')).count() {
+        0 => Ok(None),
+        dollar if dollar < map.len() => {
+            Err(QueryError(format!("Invalid constraint on {field}: operators mixed with plain keys")))
+        }
+        _ => Ok(Some(map)),
+    }
+}
+
+/// One `op: operand` of a field's `operators`; `None` for a modifier (`$options`,
+/// `$maxDistance…`), which the operator it modifies reads.
+fn compile_operator(
+    field: &str,
+    op: &str,
+    operand: &Value,
+    operators: &Map<String, Value>,
+    limits: QueryLimits,
+    regexes: &mut usize,
+) -> Result<Option<Test>, QueryError> {
+    let fail = failure(field, op);
+    let decode = |v: &Value| Operand::decode(v).map_err(fail);
+    let bound = |v: &Value| Operand::decode_bound(v).map_err(fail);
+    let test = match op {
+        "$eq" => Test::Equals(decode(operand)?),
+        "$ne" => Test::NotEquals(decode(operand)?),
+        "$lt" => Test::Compare(Ordering::Less, bound(operand)?),
+        "$lte" => Test::Compare(Ordering::LessOrEqual, bound(operand)?),
+        "$gt" => Test::Compare(Ordering::Greater, bound(operand)?),
+        "$gte" => Test::Compare(Ordering::GreaterOrEqual, bound(operand)?),
+        "$in" | "$nin" | "$all" | "$containedBy" => compile_list(field, op, operand, limits, regexes)?,
+        "$exists" => match operand {
+            Value::Bool(b) => Test::Exists(*b),
+            _ => return Err(QueryError(format!("{field}.$exists must be a boolean"))),
+        },
+        "$regex" => {
+            let options =
+                regex_options(operators).ok_or_else(|| QueryError(format!("{field}.$options must be a string")))?;
+            Test::Regex(compile_regex(field, operand, options, limits, regexes)?)
+        }
+        "$nearSphere" => Test::Near {
+            center: geo::decode_point(operand).map_err(fail)?,
+            max_radians: max_distance(field, operators)?,
+        },
+        "$within" => compile_box(field, operand)?,
+        "$geoWithin" => compile_geo_within(field, operand, limits)?,
+        "$geoIntersects" => compile_intersects(field, operand)?,
+        "$options" => return modifier(field, op, operators, "$regex"),
+        distance if GEO_DISTANCES.contains(&distance) => return modifier(field, op, operators, "$nearSphere"),
+        other => return Err(refusal(other)),
+    };
+    Ok(Some(test))
+}
+
+/// How an operator's errors read: `field.op: message`.
+fn failure<'a>(field: &'a str, op: &'a str) -> impl Fn(String) -> QueryError + Copy + 'a {
+    move |message| QueryError(format!("{field}.{op}: {message}"))
+}
+
+/// A modifier is no test of its own, and is valid only next to the operator it modifies.
+fn modifier(field: &str, op: &str, operators: &Map<String, Value>, modified: &str) -> Result<Option<Test>, QueryError> {
+    if !operators.contains_key(modified) {
+        return Err(QueryError(format!("{field}.{op} is only valid with {modified}")));
+    }
+    Ok(None)
+}
+
+/// `$in`, `$nin`, `$containedBy` and `$all`.
+fn compile_list(
+    field: &str,
+    op: &str,
+    operand: &Value,
+    limits: QueryLimits,
+    regexes: &mut usize,
+) -> Result<Test, QueryError> {
+    let list = bounded_list(field, op, operand, limits)?;
+    Ok(match op {
+        "$in" => Test::In(decode_list(field, op, list)?),
+        "$nin" => Test::NotIn(decode_list(field, op, list)?),
+        "$containedBy" => Test::ContainedBy(decode_list(field, op, list)?),
+        _ => compile_all(field, list, limits, regexes)?,
+    })
 }
 
 fn bounded_list<'a>(field: &str, op: &str, operand: &'a Value, limits: QueryLimits) -> Result<&'a [Value], QueryError> {
@@ -292,13 +329,16 @@ fn bounded_list<'a>(field: &str, op: &str, operand: &'a Value, limits: QueryLimi
     Ok(list)
 }
 
+fn decode_list(field: &str, op: &str, list: &[Value]) -> Result<Vec<Operand>, QueryError> {
+    list.iter().map(Operand::decode).collect::<Result<_, _>>().map_err(failure(field, op))
+}
+
 /// `$all`: values, or (Parse's `containsAllStartingWith`) `{"$regex": …}` objects only.
 fn compile_all(field: &str, list: &[Value], limits: QueryLimits, regexes: &mut usize) -> Result<Test, QueryError> {
     let is_regex = |v: &Value| v.as_object().is_some_and(|m| m.contains_key("$regex"));
     let patterns = list.iter().filter(|v| is_regex(v)).count();
     if patterns == 0 {
-        let operands = list.iter().map(Operand::decode).collect::<Result<_, _>>();
-        return Ok(Test::All(operands.map_err(|e| QueryError(format!("{field}.$all: {e}")))?));
+        return Ok(Test::All(decode_list(field, "$all", list)?));
     }
     if patterns < list.len() {
         return Err(QueryError(format!("{field}.$all: values must be all {{\"$regex\": …}} objects or none")));
@@ -308,14 +348,16 @@ fn compile_all(field: &str, list: &[Value], limits: QueryLimits, regexes: &mut u
         if let Some(other) = item.keys().find(|k| *k != "$regex" && *k != "$options") {
             return Err(QueryError(format!("{field}.$all: unexpected key {other} next to $regex")));
         }
-        let options = match item.get("$options") {
-            None => "",
-            Some(Value::String(options)) => options.as_str(),
-            Some(_) => return Err(QueryError(format!("{field}.$all: $options must be a string"))),
-        };
+        let options =
+            regex_options(item).ok_or_else(|| QueryError(format!("{field}.$all: $options must be a string")))?;
         compiled.push(compile_regex(field, item.get("$regex").unwrap_or(&Value::Null), options, limits, regexes)?);
     }
     Ok(Test::AllMatch(compiled))
+}
+
+/// The `$options` of the object holding a `$regex` ("" when absent); `None` when not a string.
+fn regex_options(map: &Map<String, Value>) -> Option<&str> {
+    map.get("$options").map_or(Some(""), Value::as_str)
 }
 
 fn compile_regex(
@@ -335,7 +377,7 @@ fn compile_regex(
             limits.max_regexes
         )));
     }
-    pattern::compile(pattern, options, limits.max_regex_bytes).map_err(|e| QueryError(format!("{field}.$regex: {e}")))
+    pattern::compile(pattern, options, limits.max_regex_bytes).map_err(failure(field, "$regex"))
 }
 
 /// The `$nearSphere` radius in radians from whichever one `$maxDistance…` is given.
@@ -367,51 +409,64 @@ fn compile_box(field: &str, operand: &Value) -> Result<Test, QueryError> {
         || QueryError(format!("{field}.$within must be {{\"$box\": [southwest GeoPoint, northeast GeoPoint]}}"));
     let corners = single_key(operand, "$box").and_then(Value::as_array).ok_or_else(shape)?;
     let [south_west, north_east] = corners.as_slice() else { return Err(shape()) };
-    let decode = |v: &Value| geo::decode_point(v).map_err(|e| QueryError(format!("{field}.$within.$box: {e}")));
+    let decode = |v: &Value| geo::decode_point(v).map_err(failure(field, "$within.$box"));
     Ok(Test::WithinBox { south_west: decode(south_west)?, north_east: decode(north_east)? })
 }
 
+/// `$geoWithin`: `{"$polygon": …}` or `{"$centerSphere": …}`.
 fn compile_geo_within(field: &str, operand: &Value, limits: QueryLimits) -> Result<Test, QueryError> {
-    let fail = |message: String| QueryError(format!("{field}.$geoWithin: {message}"));
+    let fail = failure(field, "$geoWithin");
     if let Some(polygon) = single_key(operand, "$polygon") {
-        if polygon.as_object().is_some() {
-            return Ok(Test::WithinPolygon(geo::decode_polygon(polygon).map_err(fail)?));
-        }
-        let points = polygon.as_array().filter(|p| p.len() >= 3);
-        let Some(points) = points else {
-            return Err(fail("$polygon must be at least 3 GeoPoints (or a Polygon)".into()));
-        };
-        if points.len() > limits.max_in_list {
-            return Err(fail(format!(
-                "$polygon has {} points, more than the limit of {}",
-                points.len(),
-                limits.max_in_list
-            )));
-        }
-        let vertices = points.iter().map(geo::decode_point).collect::<Result<_, _>>().map_err(fail)?;
-        return Ok(Test::WithinPolygon(vertices));
+        return polygon_vertices(polygon, limits).map(Test::WithinPolygon).map_err(fail);
     }
     if let Some(sphere) = single_key(operand, "$centerSphere") {
-        let shape = || fail("$centerSphere must be [[longitude, latitude] or GeoPoint, radians]".into());
-        let [center, radians] = sphere.as_array().map(Vec::as_slice).unwrap_or_default() else {
-            return Err(shape());
-        };
-        let center = match center.as_array().map(Vec::as_slice) {
-            Some([longitude, latitude]) => {
-                let (Some(longitude), Some(latitude)) = (longitude.as_f64(), latitude.as_f64()) else {
-                    return Err(shape());
-                };
-                geo::check_range(latitude, longitude).map_err(fail)?
-            }
-            Some(_) => return Err(shape()),
-            None => geo::decode_point(center).map_err(fail)?,
-        };
-        let Some(radians) = radians.as_f64().filter(|r| *r >= 0.0) else {
-            return Err(fail("$centerSphere radius must be a non-negative number of radians".into()));
-        };
-        return Ok(Test::WithinSphere { center, radians });
+        return center_sphere(sphere).map_err(fail);
     }
     Err(fail("must be {\"$polygon\": [GeoPoint…]} or {\"$centerSphere\": [[longitude, latitude], radians]}".into()))
+}
+
+/// A `$polygon`: a Polygon, or at least 3 GeoPoints (and at most `max_in_list`).
+fn polygon_vertices(polygon: &Value, limits: QueryLimits) -> Result<Vec<Point>, String> {
+    if polygon.as_object().is_some() {
+        return geo::decode_polygon(polygon);
+    }
+    let Some(points) = polygon.as_array().filter(|p| p.len() >= 3) else {
+        return Err("$polygon must be at least 3 GeoPoints (or a Polygon)".into());
+    };
+    if points.len() > limits.max_in_list {
+        return Err(format!("$polygon has {} points, more than the limit of {}", points.len(), limits.max_in_list));
+    }
+    points.iter().map(geo::decode_point).collect()
+}
+
+/// A `$centerSphere`: `[[longitude, latitude] or GeoPoint, radians]`.
+fn center_sphere(sphere: &Value) -> Result<Test, String> {
+    const SHAPE: &str = "$centerSphere must be [[longitude, latitude] or GeoPoint, radians]";
+    let [center, radians] = sphere.as_array().map(Vec::as_slice).unwrap_or_default() else {
+        return Err(SHAPE.into());
+    };
+    let center = match center.as_array().map(Vec::as_slice) {
+        Some([longitude, latitude]) => {
+            let (Some(longitude), Some(latitude)) = (longitude.as_f64(), latitude.as_f64()) else {
+                return Err(SHAPE.into());
+            };
+            geo::check_range(latitude, longitude)?
+        }
+        Some(_) => return Err(SHAPE.into()),
+        None => geo::decode_point(center)?,
+    };
+    let Some(radians) = radians.as_f64().filter(|r| *r >= 0.0) else {
+        return Err("$centerSphere radius must be a non-negative number of radians".into());
+    };
+    Ok(Test::Near { center, max_radians: radians })
+}
+
+/// `$geoIntersects`: `{"$point": GeoPoint}`, which a Polygon value must contain.
+fn compile_intersects(field: &str, operand: &Value) -> Result<Test, QueryError> {
+    let Some(point) = single_key(operand, "$point") else {
+        return Err(QueryError(format!("{field}.$geoIntersects must be {{\"$point\": GeoPoint}}")));
+    };
+    Ok(Test::Intersects(geo::decode_point(point).map_err(failure(field, "$geoIntersects"))?))
 }
 
 fn all(nodes: &[Node], object: &Map<String, Value>) -> bool {
@@ -491,6 +546,16 @@ fn any_candidate(value: Option<&Value>, test: impl Fn(&Value) -> bool) -> bool {
     value.is_some_and(|v| candidates(v).any(test))
 }
 
+/// A string value, or a string element, matches.
+fn regex_matches(regex: &Regex, value: Option<&Value>) -> bool {
+    any_candidate(value, |c| c.as_str().is_some_and(|s| regex.is_match(s)))
+}
+
+/// A GeoPoint value, or a GeoPoint element, satisfies `test`.
+fn any_point(value: Option<&Value>, test: impl Fn(Point) -> bool) -> bool {
+    any_candidate(value, |c| geo::point_of(c).is_some_and(&test))
+}
+
 fn listed(list: &[Operand], value: Option<&Value>) -> bool {
     match value {
         None => list.iter().any(|operand| matches!(operand, Operand::Null)),
@@ -508,31 +573,19 @@ fn test_matches(test: &Test, value: Option<&Value>) -> bool {
         Test::In(list) => listed(list, value),
         Test::NotIn(list) => !listed(list, value),
         Test::All(list) => !list.is_empty() && list.iter().all(|operand| equals(operand, value)),
-        Test::AllMatch(regexes) => {
-            regexes.iter().all(|regex| any_candidate(value, |c| c.as_str().is_some_and(|s| regex.is_match(s))))
-        }
+        Test::AllMatch(regexes) => regexes.iter().all(|regex| regex_matches(regex, value)),
         Test::ContainedBy(list) => value
             .and_then(Value::as_array)
             .is_some_and(|items| items.iter().all(|item| list.iter().any(|operand| operand.listed(item)))),
         Test::Exists(expected) => value.is_some() == *expected,
-        Test::Regex(regex) => any_candidate(value, |c| c.as_str().is_some_and(|s| regex.is_match(s))),
-        Test::Near { center, max_radians } => {
-            any_candidate(value, |c| geo::point_of(c).is_some_and(|p| geo::haversine(*center, p) <= *max_radians))
-        }
+        Test::Regex(regex) => regex_matches(regex, value),
+        Test::Near { center, max_radians } => any_point(value, |p| geo::haversine(*center, p) <= *max_radians),
         Test::WithinBox { south_west: (south, west), north_east: (north, east) } => {
             south <= north
                 && west <= east
-                && any_candidate(value, |c| {
-                    geo::point_of(c)
-                        .is_some_and(|(lat, lng)| *south < lat && lat < *north && *west < lng && lng < *east)
-                })
+                && any_point(value, |(lat, lng)| *south < lat && lat < *north && *west < lng && lng < *east)
         }
-        Test::WithinPolygon(vertices) => {
-            any_candidate(value, |c| geo::point_of(c).is_some_and(|p| geo::polygon_contains(vertices, p)))
-        }
-        Test::WithinSphere { center, radians } => {
-            any_candidate(value, |c| geo::point_of(c).is_some_and(|p| geo::haversine(*center, p) <= *radians))
-        }
+        Test::WithinPolygon(vertices) => any_point(value, |p| geo::polygon_contains(vertices, p)),
         Test::Intersects(point) => any_candidate(value, |c| {
             geo::polygon_of(c).is_some_and(|vertices| geo::polygon_contains(&vertices, *point))
         }),

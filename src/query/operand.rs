@@ -57,8 +57,15 @@ impl Ordering {
 pub const RELATIVE_TIME_ONLY_IN_RANGES: &str =
     "$relativeTime can only be used with the $lt, $lte, $gt, and $gte operators";
 
-fn type_tag(value: &Value) -> Option<&str> {
+/// The `__type` of a typed value (`{"__type": "Date", …}`).
+pub(super) fn type_tag(value: &Value) -> Option<&str> {
     value.as_object()?.get("__type")?.as_str()
+}
+
+/// Whether an object has no `__type` or one of `tags`: Parse's SDK reads some typed values from
+/// untagged JSON too.
+pub(super) fn untagged_or(map: &Map<String, Value>, tags: &[&str]) -> bool {
+    map.get("__type").is_none_or(|tag| tag.as_str().is_some_and(|tag| tags.contains(&tag)))
 }
 
 fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
@@ -68,12 +75,7 @@ fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
 /// A pointer-like value: `{"__type":"Pointer"|"Object","className":…,"objectId":…}`, or the
 /// same without `__type` (Parse's matcher compares only `className` and `objectId`).
 pub fn pointer_of(value: &Value) -> Option<(&str, &str)> {
-    let map = value.as_object()?;
-    match map.get("__type") {
-        None => {}
-        Some(tag) if matches!(tag.as_str(), Some("Pointer" | "Object")) => {}
-        Some(_) => return None,
-    }
+    let map = value.as_object().filter(|m| untagged_or(m, &["Pointer", "Object"]))?;
     Some((map.get("className")?.as_str()?, map.get("objectId")?.as_str()?))
 }
 

@@ -1057,3 +1057,12 @@ fn never_panics_on_arbitrary_input() {
     assert!(compiled > 1_000, "only {compiled} of 4000 wheres compiled");
     assert!(matched > 100, "only {matched} matches");
 }
+
+#[test]
+fn query_error_is_an_error_with_its_message() {
+    let error = compile(json!({"a": {"$exists": 1}})).unwrap_err();
+    assert_eq!(error.message(), "a.$exists must be a boolean");
+    assert_eq!(error.to_string(), error.message());
+    let boxed: Box<dyn std::error::Error> = Box::new(error.clone());
+    assert_eq!(boxed.to_string(), error.message());
+}

@@ -33,33 +33,42 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
-use crate::auth::rules::ClassRules;
-use crate::auth::{constant_time_eq, Authenticator, Identity, TokenError};
-use crate::catchup::{Catchup, Replies, Resume};
-use crate::hub::{ConnectionId, Delivery, Hub, IndexEntry, Outbox, Outgoing, Start, Subscription};
+use super::sleep_until;
+use crate::admission::{Admission, Refused, Started, SubscribeRequest};
+use crate::auth::{constant_time_eq, Identity, TokenError};
+use crate::hub::{ConnectionId, Delivery, Hub, Outbox, Outgoing, Subscription};
 use crate::position::Position;
-use crate::protocol::{code, RequestId};
-use crate::query::{canonical_key, Query, QueryLimits};
-use crate::session::CODE_INVALID_SESSION_TOKEN;
+use crate::protocol::{code, Refusal, RequestId};
+
+/// The `[sse]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// A comment line is sent this often on an idle stream, so proxies and browsers keep it.
+    pub keepalive_ms: u64,
+    /// The `retry:` hint: how long a browser waits before reconnecting.
+    pub retry_ms: u64,
+    /// Name of the cookie a session token may travel in.
+    pub token_cookie: String,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig { keepalive_ms: 15_000, retry_ms: 2_000, token_cookie: "livegate_token".into() }
+    }
+}
 
 /// Everything an SSE stream needs from the server.
 #[derive(Clone)]
 pub struct SseSettings {
-    pub hub: Arc<Hub>,
-    pub auth: Authenticator,
-    pub rules: Arc<ClassRules>,
+    pub admission: Arc<Admission>,
     pub master_key: Option<String>,
-    pub token_cookie: String,
-    pub revalidate_every: Duration,
-    pub catchup: Arc<Catchup>,
-    pub query_limits: QueryLimits,
-    pub keepalive: Duration,
-    pub retry: Duration,
+    pub config: SseConfig,
     pub send_queue: usize,
 }
 
 /// The URL parameters; unknown ones are refused so that a typo never widens a query.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct Params {
     #[serde(rename = "where")]
@@ -72,140 +81,153 @@ struct Params {
     session_token: Option<String>,
 }
 
-/// A refusal before the stream starts, with the code the WebSocket protocol would use.
-struct Refusal {
-    status: StatusCode,
-    code: i64,
-    message: String,
-}
-
-impl Refusal {
-    fn bad_request(code: i64, message: impl Into<String>) -> Refusal {
-        Refusal { status: StatusCode::BAD_REQUEST, code, message: message.into() }
+impl Params {
+    fn parse(query_string: &str) -> Result<Params, Rejection> {
+        web::Query::<Params>::from_query(query_string)
+            .map(web::Query::into_inner)
+            .map_err(|e| Rejection::bad_request(code::SCHEMA, format!("invalid parameters: {e}")))
     }
 
-    fn response(self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({"code": self.code, "error": self.message}))
-    }
-}
-
-/// What a valid request asks for.
-struct Request {
-    subscription: Subscription,
-    since: Option<Position>,
-    where_: Map<String, Value>,
-    /// The token the identity came from, re-checked while streaming.
-    token: Option<Arc<str>>,
-}
-
-pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::Data<SseSettings>) -> HttpResponse {
-    let mut request = match parse(&req, class.into_inner(), &settings) {
-        Ok(request) => request,
-        Err(refusal) => return refusal.response(),
-    };
-    if let Err(refusal) = authorize(&req, &mut request, &settings).await {
-        return refusal.response();
-    }
-    stream(request, settings.get_ref().clone())
-}
-
-/// Resolves who is asking and checks the class rules; fills in identity and hidden fields.
-async fn authorize(req: &HttpRequest, request: &mut Request, settings: &SseSettings) -> Result<(), Refusal> {
-    let master = header(req, "x-parse-master-key")
-        .is_some_and(|key| settings.master_key.as_deref().is_some_and(|m| !m.is_empty() && constant_time_eq(m, key)));
-    let bearer = header(req, "authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-    let cookie = header(req, "cookie").and_then(|cookies| {
-        cookies
-            .split(';')
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(name, _)| *name == settings.token_cookie)
-            .map(|(_, value)| value.to_string())
-    });
-    let token = bearer.map(str::to_string).or(cookie).or(request.token.as_deref().map(str::to_string));
-    let mut identity = match &token {
-        None => Identity::default(),
-        Some(token) => settings.auth.identify(token).await.map_err(|e| Refusal {
-            status: match e {
-                TokenError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::UNAUTHORIZED,
+    /// `where` as a JSON object; absent or empty matches everything.
+    fn where_(&self) -> Result<Map<String, Value>, Rejection> {
+        match self.where_.as_deref() {
+            None | Some("") => Ok(Map::new()),
+            Some(text) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(map)) => Ok(map),
+                Ok(_) => Err(Rejection::bad_request(code::SCHEMA, "Invalid type: where must be a JSON object")),
+                Err(e) => Err(Rejection::bad_request(code::SCHEMA, format!("where is not valid JSON: {e}"))),
             },
-            code: CODE_INVALID_SESSION_TOKEN,
-            message: e.to_string(),
-        })?,
-    };
-    identity.master = master;
-    let subscription = &mut request.subscription;
-    let watch = subscription.watch.as_deref();
-    settings.rules.check(&subscription.class, &identity, &request.where_, watch).map_err(|denied| Refusal {
-        status: StatusCode::FORBIDDEN,
-        code: denied.code,
-        message: denied.message,
-    })?;
-    subscription.hidden = settings.rules.hidden_fields(&subscription.class, &identity);
-    subscription.identity = identity;
-    request.token = token.map(Into::into);
-    Ok(())
-}
-
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-fn parse(req: &HttpRequest, class: String, settings: &SseSettings) -> Result<Request, Refusal> {
-    let params = web::Query::<Params>::from_query(req.query_string())
-        .map_err(|e| Refusal::bad_request(code::SCHEMA, format!("invalid parameters: {e}")))?
-        .into_inner();
-    if class.is_empty() {
-        return Err(Refusal::bad_request(code::SCHEMA, "the class name is empty"));
-    }
-    let where_: Map<String, Value> = match params.where_.as_deref() {
-        None | Some("") => Map::new(),
-        Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => return Err(Refusal::bad_request(code::SCHEMA, "Invalid type: where must be a JSON object")),
-            Err(e) => return Err(Refusal::bad_request(code::SCHEMA, format!("where is not valid JSON: {e}"))),
-        },
-    };
-    let query =
-        Query::compile(&where_, settings.query_limits).map_err(|e| Refusal::bad_request(code::INVALID_QUERY, e.0))?;
-    let keys = field_list("keys", params.keys.as_deref())?;
-    let watch = field_list("watch", params.watch.as_deref())?;
-    let last_event_id = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-    let since = match last_event_id.or(params.since.as_deref()) {
-        None | Some("now") => None,
-        Some(text) => {
-            Some(text.parse::<Position>().map_err(|e| Refusal::bad_request(code::SCHEMA, format!("since: {e}")))?)
         }
-    };
-    let subscription = Subscription {
-        key: canonical_key(&class, &where_),
-        index: IndexEntry::of(&where_),
-        class: class.into(),
-        query: Arc::new(query),
-        keys,
-        watch,
-        identity: Identity::default(),
-        hidden: None,
-        positions: true,
-    };
-    Ok(Request { subscription, since, where_, token: params.session_token.map(Into::into) })
+    }
+
+    /// `keys` and `watch` as field lists.
+    fn fields(&self) -> Result<Fields, Rejection> {
+        Ok((field_list("keys", self.keys.as_deref())?, field_list("watch", self.watch.as_deref())?))
+    }
+
+    /// Where to resume from: a browser's own `Last-Event-ID` wins over the `since` parameter.
+    fn since<'a>(&'a self, last_event_id: Option<&'a str>) -> Option<&'a str> {
+        last_event_id.filter(|id| !id.is_empty()).or(self.since.as_deref())
+    }
 }
+
+/// `keys` and `watch`.
+type Fields = (Option<Vec<String>>, Option<Vec<String>>);
 
 /// `a,b,c` → field names; empty items and repeats are refused, as the WebSocket schema does.
-fn field_list(name: &str, value: Option<&str>) -> Result<Option<Arc<[String]>>, Refusal> {
+fn field_list(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, Rejection> {
     let Some(value) = value else { return Ok(None) };
     let mut seen = HashSet::new();
     let mut fields = Vec::new();
     for field in value.split(',').map(str::trim) {
         if field.is_empty() {
-            return Err(Refusal::bad_request(code::SCHEMA, format!("{name}: empty field name")));
+            return Err(Rejection::bad_request(code::SCHEMA, format!("{name}: empty field name")));
         }
         if !seen.insert(field) {
-            return Err(Refusal::bad_request(code::SCHEMA, format!("{name}: {field} is listed twice")));
+            return Err(Rejection::bad_request(code::SCHEMA, format!("{name}: {field} is listed twice")));
         }
         fields.push(field.to_string());
     }
-    Ok(Some(fields.into()))
+    Ok(Some(fields))
+}
+
+/// A refusal before the stream starts: an HTTP status and the code the WebSocket would use.
+#[derive(Debug, PartialEq)]
+struct Rejection {
+    status: StatusCode,
+    refusal: Refusal,
+}
+
+impl Rejection {
+    fn bad_request(code: i64, message: impl Into<String>) -> Rejection {
+        Rejection { status: StatusCode::BAD_REQUEST, refusal: Refusal::new(code, message) }
+    }
+
+    fn response(self) -> HttpResponse {
+        let Refusal { code, message, .. } = self.refusal;
+        HttpResponse::build(self.status).json(json!({"code": code, "error": message}))
+    }
+}
+
+impl From<Refused> for Rejection {
+    fn from(refused: Refused) -> Rejection {
+        let status = match &refused {
+            Refused::Query(_) | Refused::Since(_) => StatusCode::BAD_REQUEST,
+            Refused::Token(TokenError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::Token(_) => StatusCode::UNAUTHORIZED,
+            Refused::Denied(_) => StatusCode::FORBIDDEN,
+            Refused::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        // The stream's own connection holds one subscription, so the hub can only refuse it if
+        // the connection vanished meanwhile: answered as a server error, never silently.
+        let refusal = match refused.refusal() {
+            Some(refusal) if !matches!(refused, Refused::Hub(_)) => refusal,
+            _ => Refusal::new(code::SCHEMA, "cannot subscribe"),
+        };
+        Rejection { status, refusal }
+    }
+}
+
+/// What a request asks for, admitted: the subscription, where it resumes, and its token.
+struct Admitted {
+    subscription: Subscription,
+    since: Option<Position>,
+    /// The token the identity came from, re-checked while streaming.
+    token: Option<Arc<str>>,
+}
+
+pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::Data<SseSettings>) -> HttpResponse {
+    match admit(&req, &class, &settings).await {
+        Ok(admitted) => stream(admitted, settings.get_ref().clone()),
+        Err(rejection) => rejection.response(),
+    }
+}
+
+/// The shared pipeline ([`Admission`]), fed from the URL and headers.
+async fn admit(req: &HttpRequest, class: &str, settings: &SseSettings) -> Result<Admitted, Rejection> {
+    let params = Params::parse(req.query_string())?;
+    if class.is_empty() {
+        return Err(Rejection::bad_request(code::SCHEMA, "the class name is empty"));
+    }
+    let where_ = params.where_()?;
+    let admission = &settings.admission;
+    // A bad `where` is reported before a bad field list, as it always was.
+    let fields = params.fields();
+    let (keys, watch) = fields.as_ref().map(Clone::clone).unwrap_or_default();
+    let mut subscription =
+        admission.compile(SubscribeRequest { class, where_: &where_, keys, watch, positions: true })?;
+    fields?;
+    let since = Admission::since(params.since(header(req, "last-event-id")))?;
+    let token = token(req, &settings.config.token_cookie).or(params.session_token);
+    let mut identity = match &token {
+        None => Identity::default(),
+        Some(token) => admission.identify(token).await.map_err(Refused::Token)?,
+    };
+    identity.master = is_master(req, settings.master_key.as_deref());
+    admission.authorize(&mut subscription, &where_, identity)?;
+    Ok(Admitted { subscription, since, token: token.map(Into::into) })
+}
+
+/// A token from `Authorization: Bearer`, else from the token cookie.
+fn token(req: &HttpRequest, cookie_name: &str) -> Option<String> {
+    let bearer = header(req, "authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let cookie = || {
+        header(req, "cookie")?
+            .split(';')
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(name, _)| *name == cookie_name)
+            .map(|(_, value)| value.to_string())
+    };
+    bearer.map(str::to_string).or_else(cookie)
+}
+
+fn is_master(req: &HttpRequest, master_key: Option<&str>) -> bool {
+    header(req, "x-parse-master-key")
+        .is_some_and(|key| master_key.is_some_and(|m| !m.is_empty() && constant_time_eq(m, key)))
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The one subscription of an SSE stream.
@@ -213,49 +235,26 @@ fn request_id() -> RequestId {
     RequestId::from(1)
 }
 
-fn stream(request: Request, settings: SseSettings) -> HttpResponse {
-    let request_identity = request.subscription.identity.clone();
+fn stream(admitted: Admitted, settings: SseSettings) -> HttpResponse {
+    let Admitted { subscription, since, token } = admitted;
+    let identity = subscription.identity.clone();
+    let admission = settings.admission.clone();
     let (outbox, queue) = Outbox::new(settings.send_queue);
-    let connection = settings.hub.register(outbox.clone());
-    let mut guard = Registration { hub: settings.hub.clone(), connection, catchup: None };
-    let subscribed = |position: Position| {
-        Outgoing::Text(format!("event: subscribed\nid: {position}\ndata: {{\"position\":\"{position}\"}}\n\n"))
-    };
-    // The stream's own connection holds one subscription, so the hub can only refuse it if
-    // the connection vanished meanwhile; answered as a server error, never silently.
-    let registered = match request.since {
-        // Registered before the response starts: no change after the first byte is missed.
-        None => {
-            settings.hub.subscribe(connection, request_id(), request.subscription, Start::Now, subscribed).map(|_| ())
+    let connection = admission.hub().register(outbox.clone());
+    let mut registration = Registration { hub: admission.hub().clone(), connection, catchup: None };
+    // Registered (or reserved) before the response starts: no change after the first byte is
+    // missed.
+    match admission.start(connection, request_id(), subscription, since, &outbox) {
+        Ok(Started::Live(_)) => {}
+        Ok(Started::CatchingUp(task)) => registration.catchup = Some(task),
+        Err(refused) => {
+            tracing::warn!(error = ?refused, "an SSE subscription was refused");
+            return Rejection::from(refused).response();
         }
-        Some(since) => {
-            let resume = Resume {
-                connection,
-                request_id: request_id(),
-                subscription: request.subscription,
-                since,
-                outbox: outbox.clone(),
-                replies: Replies { subscribed: Box::new(subscribed), refused: Box::new(|_| None) },
-            };
-            settings.catchup.start(resume).map(|task| guard.catchup = Some(task))
-        }
-    };
-    if let Err(e) = registered {
-        tracing::warn!(error = ?e, "an SSE subscription was refused");
-        let message = "cannot subscribe".to_string();
-        return Refusal { status: StatusCode::SERVICE_UNAVAILABLE, code: 1, message }.response();
     }
-    let mut keepalive = interval_at(Instant::now() + settings.keepalive, settings.keepalive);
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let first = Bytes::from(format!("retry: {}\n\n", settings.retry.as_millis()));
-    let check = request.token.map(|token| TokenCheck {
-        auth: settings.auth.clone(),
-        token,
-        identity: request_identity,
-        every: settings.revalidate_every,
-        last: Instant::now(),
-    });
-    let state = Stream { first: Some(first), queue, outbox, keepalive, check, registration: guard, ended: false };
+    let every = admission.revalidate_every;
+    let check = token.map(|token| TokenCheck { admission, token, identity, every, last: Instant::now() });
+    let state = Stream::new(&settings.config, queue, outbox, check, registration);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache, no-transform"))
@@ -292,7 +291,7 @@ struct Stream {
 
 /// The stream's token, re-checked every `every` and at its expiry.
 struct TokenCheck {
-    auth: Authenticator,
+    admission: Arc<Admission>,
     token: Arc<str>,
     identity: Identity,
     every: Duration,
@@ -305,14 +304,21 @@ impl TokenCheck {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Stream {
+    fn new(
+        config: &SseConfig,
+        queue: mpsc::Receiver<Outgoing>,
+        outbox: Outbox,
+        check: Option<TokenCheck>,
+        registration: Registration,
+    ) -> Stream {
+        let every = Duration::from_millis(config.keepalive_ms);
+        let mut keepalive = interval_at(Instant::now() + every, every);
+        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let first = Bytes::from(format!("retry: {}\n\n", config.retry_ms));
+        Stream { first: Some(first), queue, outbox, keepalive, check, registration, ended: false }
+    }
+
     async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Stream)> {
         if let Some(first) = self.first.take() {
             return Some((Ok(first), self));
@@ -336,14 +342,7 @@ impl Stream {
                     Ok(()) => continue,
                     Err(error_event) => {
                         self.ended = true;
-                        // Everything up to where delivery stopped is already queued: send it
-                        // before the error, whose id is that position.
-                        let mut text = String::new();
-                        while let Ok(item) = self.queue.try_recv() {
-                            text.push_str(&frame(item));
-                        }
-                        text.push_str(&error_event);
-                        text
+                        self.flush_then(error_event)
                     }
                 },
             };
@@ -351,27 +350,34 @@ impl Stream {
         self.keepalive.reset();
         Some((Ok(Bytes::from(text)), self))
     }
-}
 
-impl Stream {
+    /// Everything still queued, then `last`: the final text of an ending stream.
+    fn flush_then(&mut self, last: String) -> String {
+        let mut text = String::new();
+        while let Ok(item) = self.queue.try_recv() {
+            text.push_str(&frame(item));
+        }
+        text.push_str(&last);
+        text
+    }
+
     /// Re-checks the token: a changed identity is updated in the hub; a lapsed one stops
-    /// delivery and yields the final `error` event, whose id is where delivery stopped.
+    /// delivery and yields the final `error` event, whose id is where delivery stopped
+    /// (everything up to it is already queued, and is sent before it).
     async fn revalidate(&mut self) -> Result<(), String> {
         let Some(check) = self.check.as_mut() else { return Ok(()) };
         check.last = Instant::now();
-        let identity = match check.auth.recheck(&check.token, &check.identity).await {
+        let Registration { hub, connection, .. } = &self.registration;
+        let identity = match check.admission.recheck(&check.token, &check.identity).await {
             Ok(identity) => identity,
             Err(e) => {
-                let hub = &self.registration.hub;
-                let stopped =
-                    hub.suspend(self.registration.connection, &request_id()).unwrap_or_else(|| hub.position());
-                self.registration.hub.unsubscribe(self.registration.connection, &request_id());
-                let data = json!({"code": CODE_INVALID_SESSION_TOKEN, "error": e.to_string()});
+                let stopped = hub.suspend(*connection, &request_id()).unwrap_or_else(|| hub.position());
+                let data = json!({"code": code::INVALID_SESSION_TOKEN, "error": e.to_string()});
                 return Err(format!("event: error\nid: {stopped}\ndata: {data}\n\n"));
             }
         };
         if identity != check.identity {
-            self.registration.hub.set_identity(self.registration.connection, &request_id(), identity.clone());
+            hub.set_identity(*connection, &request_id(), identity.clone());
             check.identity = identity;
         }
         Ok(())
@@ -381,22 +387,11 @@ impl Stream {
 fn frame(item: Outgoing) -> String {
     match item {
         Outgoing::Text(text) => text,
-        Outgoing::Event(Delivery { op, payload, .. }) => {
-            let mut out =
-                String::with_capacity(64 + payload.object.len() + payload.original.as_ref().map_or(0, String::len));
-            out.push_str("event: ");
-            out.push_str(op.as_str());
-            out.push_str("\nid: ");
-            out.push_str(&payload.position.to_string());
-            out.push_str("\ndata: {\"object\":");
-            out.push_str(&payload.object);
-            if let Some(original) = &payload.original {
-                out.push_str(",\"original\":");
-                out.push_str(original);
-            }
-            out.push_str("}\n\n");
-            out
+        Outgoing::Event(delivery) => frame_event(&delivery),
+        Outgoing::Subscribed { position, .. } => {
+            format!("event: subscribed\nid: {position}\ndata: {{\"position\":\"{position}\"}}\n\n")
         }
+        Outgoing::Refused { refusal, .. } => frame_error(refusal.code, &refusal.message),
         Outgoing::Gap { gap, position, .. } => {
             format!(
                 "event: gap\nid: {position}\ndata: {{\"reason\":\"{}\",\"position\":\"{position}\"}}\n\n",
@@ -406,6 +401,84 @@ fn frame(item: Outgoing) -> String {
     }
 }
 
+fn frame_event(Delivery { op, payload, .. }: &Delivery) -> String {
+    let mut out = String::with_capacity(64 + payload.object.len() + payload.original.as_ref().map_or(0, String::len));
+    out.push_str("event: ");
+    out.push_str(op.as_str());
+    out.push_str("\nid: ");
+    out.push_str(&payload.position.to_string());
+    out.push_str("\ndata: {\"object\":");
+    out.push_str(&payload.object);
+    if let Some(original) = &payload.original {
+        out.push_str(",\"original\":");
+        out.push_str(original);
+    }
+    out.push_str("}\n\n");
+    out
+}
+
 fn frame_error(code: i64, message: &str) -> String {
     format!("event: error\ndata: {}\n\n", json!({"code": code, "error": message}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected<T: std::fmt::Debug>(result: Result<T, Rejection>) -> (u16, i64, String) {
+        let rejection = result.expect_err("refused");
+        (rejection.status.as_u16(), rejection.refusal.code, rejection.refusal.message)
+    }
+
+    #[test]
+    fn parameters_parse_and_unknown_ones_are_refused() {
+        let params = Params::parse("where=%7B%22a%22%3A1%7D&keys=a,b&watch=b&since=now&sessionToken=t").unwrap();
+        assert_eq!(params.where_().unwrap(), json!({"a": 1}).as_object().cloned().unwrap());
+        assert_eq!(params.fields().unwrap(), (Some(vec!["a".into(), "b".into()]), Some(vec!["b".into()])));
+        assert_eq!(params.session_token.as_deref(), Some("t"));
+        let (status, code, message) = rejected(Params::parse("wher=x"));
+        assert_eq!((status, code), (400, 1));
+        assert!(message.starts_with("invalid parameters:") && message.contains("wher"), "{message}");
+        assert_eq!(Params::parse("").unwrap(), Params::default());
+        assert_eq!(Params::default().where_().unwrap(), Map::new());
+    }
+
+    #[test]
+    fn where_must_be_a_json_object() {
+        let bad = |text: &str| rejected(Params { where_: Some(text.into()), ..Params::default() }.where_());
+        assert_eq!(bad("[1]"), (400, 1, "Invalid type: where must be a JSON object".into()));
+        let (status, code, message) = bad("{nope");
+        assert_eq!((status, code), (400, 1));
+        assert!(message.starts_with("where is not valid JSON:"), "{message}");
+        assert_eq!(Params { where_: Some(String::new()), ..Params::default() }.where_().unwrap(), Map::new());
+    }
+
+    #[test]
+    fn field_lists_refuse_empty_names_and_repeats() {
+        assert_eq!(field_list("keys", Some(" a , b ")).unwrap(), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(field_list("keys", None).unwrap(), None);
+        assert_eq!(rejected(field_list("keys", Some("a,,b"))), (400, 1, "keys: empty field name".into()));
+        assert_eq!(rejected(field_list("watch", Some("a,a"))), (400, 1, "watch: a is listed twice".into()));
+    }
+
+    #[test]
+    fn last_event_id_wins_over_since() {
+        let params = Params { since: Some("now".into()), ..Params::default() };
+        assert_eq!(params.since(Some("5-abc")), Some("5-abc"));
+        assert_eq!(params.since(Some("")), Some("now"), "an empty Last-Event-ID is none");
+        assert_eq!(params.since(None), Some("now"));
+        assert_eq!(Params::default().since(None), None);
+    }
+
+    #[test]
+    fn refusals_map_to_statuses() {
+        let status = |refused: Refused| Rejection::from(refused).status.as_u16();
+        assert_eq!(status(Refused::Since("x".into())), 400);
+        assert_eq!(status(Refused::Token(TokenError::Expired)), 401);
+        assert_eq!(status(Refused::Token(TokenError::Unavailable("down".into()))), 503);
+        let denied = crate::auth::rules::Denied { code: 119, message: "no".into() };
+        assert_eq!(Rejection::from(Refused::Denied(denied)).refusal, Refusal::new(119, "no"));
+        let hub = Rejection::from(Refused::Hub(crate::hub::SubscribeError::UnknownConnection));
+        assert_eq!((hub.status.as_u16(), hub.refusal.code, hub.refusal.message.as_str()), (503, 1, "cannot subscribe"));
+    }
 }

@@ -8,30 +8,37 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use serde::Deserialize;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use crate::http::cors::OriginPolicy;
-use crate::hub::{Hub, Outbox};
+use super::sleep_until;
+use crate::hub::Outbox;
 use crate::session::{ParseSession, SessionSettings};
 
-/// Everything a WebSocket connection needs from the server.
+/// The `[websocket]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Ping interval; a peer that has not answered the previous ping is dropped.
+    pub timeout_ms: u64,
+    /// Largest frame (and message) a client may send, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig { timeout_ms: 10_000, max_frame_bytes: 64 * 1024 }
+    }
+}
+
+/// Everything a WebSocket connection needs from the server. (Which browser origins may open a
+/// socket is decided before the upgrade reaches this module: see `http::cors`.)
 #[derive(Clone)]
 pub struct WsSettings {
-    pub hub: Arc<Hub>,
     pub session: Arc<SessionSettings>,
     pub ping_interval: Duration,
     pub max_frame_bytes: usize,
     pub send_queue: usize,
-    /// Which browser origins may open a socket (CORS does not apply to upgrades).
-    pub origins: Arc<OriginPolicy>,
-}
-
-/// Whether a request asks for a WebSocket upgrade (any path may, as in Parse).
-pub fn is_upgrade(req: &actix_web::dev::RequestHead) -> bool {
-    req.headers
-        .get(actix_web::http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 pub async fn upgrade(
@@ -39,9 +46,6 @@ pub async fn upgrade(
     body: web::Payload,
     settings: web::Data<WsSettings>,
 ) -> actix_web::Result<HttpResponse> {
-    if let Some(refused) = settings.origins.refuse_upgrade(&req) {
-        return Ok(refused);
-    }
     let (response, socket, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(settings.max_frame_bytes)
@@ -53,7 +57,7 @@ pub async fn upgrade(
 
 async fn serve(mut socket: actix_ws::Session, mut stream: actix_ws::AggregatedMessageStream, settings: WsSettings) {
     let (outbox, mut queue) = Outbox::new(settings.send_queue);
-    let mut session = ParseSession::new(settings.hub.clone(), settings.session.clone(), outbox.clone());
+    let mut session = ParseSession::new(settings.session.clone(), outbox.clone());
     let mut ping = interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
@@ -90,7 +94,7 @@ async fn serve(mut socket: actix_ws::Session, mut stream: actix_ws::AggregatedMe
                     _ = outbox.closed() => break Some(reason(CloseCode::Policy, "send queue full: client too slow")),
                 }
             }
-            _ = revalidation(session.next_check()) => session.revalidate().await,
+            _ = sleep_until(session.next_check()) => session.revalidate().await,
             _ = ping.tick() => {
                 if awaiting_pong {
                     tracing::debug!("websocket peer missed a pong; dropping it");
@@ -106,14 +110,6 @@ async fn serve(mut socket: actix_ws::Session, mut stream: actix_ws::AggregatedMe
     // Leave the hub before the (possibly slow) close handshake.
     drop(session);
     let _ = socket.close(close).await;
-}
-
-/// Sleeps until the session's next token check, forever when it has no token to check.
-async fn revalidation(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn reason(code: CloseCode, description: &str) -> CloseReason {

@@ -2,6 +2,7 @@
 //! port 0, and talks to it over real sockets.
 
 mod acl_oracle;
+mod architecture;
 mod authorization;
 mod browser;
 mod browser_rules;
