@@ -14,11 +14,10 @@
 //! Run: `cargo bench --bench hub`.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livegate::auth::Identity;
-use livegate::hub::{Change, ChangeKind, Hub, Outbox, Outgoing, RowImage, Start, Subscription};
+use livegate::hub::{Change, ChangeKind, Hub, Outbox, RowImage, Start, Subscription};
 use livegate::protocol::RequestId;
 use livegate::query::{Query, QueryLimits};
 use serde_json::{json, Map, Value};

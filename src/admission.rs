@@ -180,10 +180,7 @@ mod tests {
     #[test]
     fn refusals_carry_parse_codes() {
         let code_of = |refused: Refused| refused.refusal().map(|r| (r.code, r.message, r.reconnect));
-        assert_eq!(
-            code_of(Refused::Since("bad".into())),
-            Some((1, "since: bad".to_string(), false))
-        );
+        assert_eq!(code_of(Refused::Since("bad".into())), Some((1, "since: bad".to_string(), false)));
         assert_eq!(code_of(Refused::Token(TokenError::Expired)).map(|r| r.0), Some(209));
         assert_eq!(
             code_of(Refused::Hub(SubscribeError::TooManySubscriptions { limit: 3 })),

@@ -29,7 +29,11 @@ pub enum StartError {
     Config(ConfigError),
     Database(DatabaseError),
     /// The listen address cannot be bound, or served on.
-    Listen { action: &'static str, address: SocketAddr, source: std::io::Error },
+    Listen {
+        action: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl std::fmt::Display for StartError {
@@ -133,7 +137,8 @@ fn serve(
         settings.query_limits,
         settings.revalidate_every,
     ));
-    let sse = SseSettings { admission: admission.clone(), master_key: keys.master_key.clone(), config: sse, send_queue };
+    let sse =
+        SseSettings { admission: admission.clone(), master_key: keys.master_key.clone(), config: sse, send_queue };
     let ws = WsSettings {
         session: Arc::new(SessionSettings { keys, admission }),
         ping_interval: Duration::from_millis(websocket.timeout_ms),

@@ -44,8 +44,16 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// A database step at start-up that failed, said with what was being done. Callers only report
+/// it, so it carries its one-line message rather than a kind to branch on.
 #[derive(Debug)]
-pub struct DatabaseError(pub String);
+pub struct DatabaseError(String);
+
+impl DatabaseError {
+    pub fn new(message: impl Into<String>) -> DatabaseError {
+        DatabaseError(message.into())
+    }
+}
 
 impl std::fmt::Display for DatabaseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +66,7 @@ impl std::error::Error for DatabaseError {}
 pub fn connect_options(config: &DatabaseConfig, application_name: &str) -> Result<PgConnectOptions, DatabaseError> {
     PgConnectOptions::from_str(&config.url)
         .map(|o| o.application_name(application_name).log_statements(tracing::log::LevelFilter::Trace))
-        .map_err(|e| DatabaseError(format!("invalid database.url: {e}")))
+        .map_err(|e| DatabaseError::new(format!("invalid database.url: {e}")))
 }
 
 /// Opens the pool, creating the database first when it is missing and the config allows it.
@@ -70,9 +78,9 @@ pub async fn open_pool(config: &DatabaseConfig) -> Result<PgPool, DatabaseError>
             let _ = conn.close().await;
         }
         Ok(Err(e)) if is_missing_database(&e) && config.create_if_missing => create_database(&options, timeout).await?,
-        Ok(Err(e)) => return Err(DatabaseError(describe_connect_error(&options, &e))),
+        Ok(Err(e)) => return Err(DatabaseError::new(describe_connect_error(&options, &e))),
         Err(_) => {
-            return Err(DatabaseError(format!(
+            return Err(DatabaseError::new(format!(
                 "database at {} did not answer within {} ms",
                 server_of(&options),
                 config.connect_timeout_ms
@@ -84,7 +92,7 @@ pub async fn open_pool(config: &DatabaseConfig) -> Result<PgPool, DatabaseError>
         .acquire_timeout(timeout)
         .connect_with(options.clone())
         .await
-        .map_err(|e| DatabaseError(describe_connect_error(&options, &e)))
+        .map_err(|e| DatabaseError::new(describe_connect_error(&options, &e)))
 }
 
 fn is_missing_database(e: &sqlx::Error) -> bool {
@@ -105,14 +113,14 @@ async fn create_database(options: &PgConnectOptions, timeout: Duration) -> Resul
     let admin = options.clone().database("postgres");
     let mut conn = tokio::time::timeout(timeout, PgConnection::connect_with(&admin))
         .await
-        .map_err(|_| DatabaseError(format!("database server at {} did not answer", server_of(options))))?
-        .map_err(|e| DatabaseError(format!("database {name} is missing and cannot be created: {e}")))?;
+        .map_err(|_| DatabaseError::new(format!("database server at {} did not answer", server_of(options))))?
+        .map_err(|e| DatabaseError::new(format!("database {name} is missing and cannot be created: {e}")))?;
     let statement = format!("create database \"{}\"", name.replace('"', "\"\""));
     match conn.execute(statement.as_str()).await {
         Ok(_) => tracing::info!(database = %name, "created database"),
         // Another gateway created it at the same moment.
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
-        Err(e) => return Err(DatabaseError(format!("database {name} is missing and cannot be created: {e}"))),
+        Err(e) => return Err(DatabaseError::new(format!("database {name} is missing and cannot be created: {e}"))),
     }
     let _ = conn.close().await;
     Ok(())
@@ -120,7 +128,7 @@ async fn create_database(options: &PgConnectOptions, timeout: Duration) -> Resul
 
 /// Applies every migration not yet recorded in `livegate.migrations`.
 pub async fn migrate(pool: &PgPool) -> Result<(), DatabaseError> {
-    let fail = |e: sqlx::Error| DatabaseError(format!("migration failed: {e}"));
+    let fail = |e: sqlx::Error| DatabaseError::new(format!("migration failed: {e}"));
     let mut conn = pool.acquire().await.map_err(fail)?;
     sqlx::query("select pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await.map_err(fail)?;
     let result = apply_pending(&mut conn).await;
@@ -131,7 +139,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DatabaseError> {
 }
 
 async fn apply_pending(conn: &mut PgConnection) -> Result<(), DatabaseError> {
-    let fail = |e: sqlx::Error| DatabaseError(format!("migration failed: {e}"));
+    let fail = |e: sqlx::Error| DatabaseError::new(format!("migration failed: {e}"));
     conn.execute(
         "create schema if not exists livegate; \
          create table if not exists livegate.migrations \
@@ -146,7 +154,7 @@ async fn apply_pending(conn: &mut PgConnection) -> Result<(), DatabaseError> {
             continue;
         }
         let mut tx = conn.begin().await.map_err(fail)?;
-        tx.execute(*sql).await.map_err(|e| DatabaseError(format!("migration {version} ({name}) failed: {e}")))?;
+        tx.execute(*sql).await.map_err(|e| DatabaseError::new(format!("migration {version} ({name}) failed: {e}")))?;
         sqlx::query("insert into livegate.migrations (version, name) values ($1, $2)")
             .bind(version)
             .bind(name)

@@ -125,8 +125,11 @@ impl ParseSession {
             }
             Outgoing::Subscribed { request_id, position, positioned } => {
                 let position = position.to_string();
-                let reply =
-                    if positioned { Reply::SubscribedAt(&request_id, &position) } else { Reply::Subscribed(&request_id) };
+                let reply = if positioned {
+                    Reply::SubscribedAt(&request_id, &position)
+                } else {
+                    Reply::Subscribed(&request_id)
+                };
                 reply_text(client, &reply)
             }
             Outgoing::Refused { request_id, refusal } => refusal_text(&refusal, &request_id),
@@ -543,7 +546,10 @@ mod tests {
         tokens.user("t2", "u1");
         s.on_text(r#"{"op":"connect","applicationId":"app","sessionToken":"t1"}"#).await;
         s.on_text(SUBSCRIBE).await;
-        assert_eq!(frames(&s, &mut rx).iter().map(|f| f["op"].clone()).collect::<Vec<_>>(), ["connected", "subscribed"]);
+        assert_eq!(
+            frames(&s, &mut rx).iter().map(|f| f["op"].clone()).collect::<Vec<_>>(),
+            ["connected", "subscribed"]
+        );
         assert!(s.next_check().is_some(), "a token in use is re-checked");
         tokens.set("t1", Err(TokenError::Expired));
         s.revalidate().await;
@@ -569,7 +575,10 @@ mod tests {
         s.on_text(r#"{"op":"connect","applicationId":"app","sessionToken":"nope"}"#).await;
         s.on_text(SUBSCRIBE).await;
         let r = frames(&s, &mut rx);
-        assert_eq!((r[0]["code"].as_i64(), r[0]["error"].as_str()), (Some(209), Some("Invalid session token: unknown token")));
+        assert_eq!(
+            (r[0]["code"].as_i64(), r[0]["error"].as_str()),
+            (Some(209), Some("Invalid session token: unknown token"))
+        );
         assert_eq!(r[1]["code"], 2, "not connected");
     }
 }

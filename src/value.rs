@@ -1,8 +1,20 @@
 //! Parse value encodings shared by the feed (which produces them) and the matcher (which reads
-//! them): ISO-8601 instants, `{"__type":"Date","iso":…}`, and Parse's `$relativeTime` texts.
+//! them): ISO-8601 instants, `{"__type":"Date","iso":…}`, Parse's `$relativeTime` texts, and
+//! the `__type` tag of typed values.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+
+/// The `__type` of a typed value (`{"__type": "Date", …}`).
+pub fn type_tag(value: &Value) -> Option<&str> {
+    value.as_object()?.get("__type")?.as_str()
+}
+
+/// Whether an object has no `__type` or one of `tags`: Parse's SDK reads some typed values from
+/// untagged JSON too.
+pub fn untagged_or(map: &Map<String, Value>, tags: &[&str]) -> bool {
+    map.get("__type").is_none_or(|tag| tag.as_str().is_some_and(|tag| tags.contains(&tag)))
+}
 
 /// Milliseconds since the Unix epoch of an ISO-8601 / RFC 3339 text, as PostgreSQL and Parse
 /// write them: with an offset or `Z`, without one (read as UTC), or a bare date.

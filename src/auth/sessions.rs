@@ -68,8 +68,8 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgPool, PgRow, PgTypeInfo, PgValueRef, Postgres};
 use sqlx::Row;
 
-use super::roles::RoleGraph;
 use super::access::role_name;
+use super::roles::RoleGraph;
 use super::{Claims, TokenError};
 
 /// Longer tokens are refused without a query: no real token is this long, and it bounds the
@@ -385,13 +385,8 @@ fn claims_of(row: &PgRow) -> Result<Lookup, sqlx::Error> {
         return Ok(Err(TokenError::Invalid("session has no user".into())));
     };
     let roles: Option<Vec<Option<String>>> = optional_column(row, "roles")?;
-    let roles = roles
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|r| role_name(&r).to_string())
-        .filter(|r| !r.is_empty())
-        .collect();
+    let roles =
+        roles.into_iter().flatten().flatten().map(|r| role_name(&r).to_string()).filter(|r| !r.is_empty()).collect();
     let expires_at = optional_column::<PgInstant>(row, "expires_at")?.and_then(|at| at.0);
     Ok(Ok(Claims { user_id, roles, expires_at }))
 }

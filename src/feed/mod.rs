@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use serde::Deserialize;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
@@ -49,7 +49,7 @@ pub async fn watch(pool: &PgPool, table: &str) -> Result<(), DatabaseError> {
         .execute(pool)
         .await
         .map(|_| ())
-        .map_err(|e| DatabaseError(format!("cannot watch table {table}: {}", database_message(&e))))
+        .map_err(|e| DatabaseError::new(format!("cannot watch table {table}: {}", database_message(&e))))
 }
 
 fn database_message(e: &sqlx::Error) -> String {
@@ -127,7 +127,7 @@ impl Feed {
     ) -> Result<Feed, DatabaseError> {
         let stream = StreamState::check_origin(&pool)
             .await
-            .map_err(|e| DatabaseError(format!("cannot read the change stream: {e}")))?;
+            .map_err(|e| DatabaseError::new(format!("cannot read the change stream: {e}")))?;
         hub.start_epoch(Position::new(stream.epoch, stream.head));
         let position = Arc::new(AtomicI64::new(stream.head));
         let doorbell = Arc::new(Notify::new());
@@ -325,7 +325,12 @@ impl Reader {
                 return Ok(0);
             }
             Step::StartEpoch(why) => {
-                tracing::warn!(floor = stream.floor, head = stream.head, cursor = self.cursor, "{why}; starting a new epoch");
+                tracing::warn!(
+                    floor = stream.floor,
+                    head = stream.head,
+                    cursor = self.cursor,
+                    "{why}; starting a new epoch"
+                );
                 sqlx::query("select livegate.new_epoch()").execute(&self.pool).await?;
                 return Ok(0);
             }

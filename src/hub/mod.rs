@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 use crate::auth::access::{Identity, ReadAcl};
 use crate::position::{Gap, Position};
-use crate::protocol::{code, RequestId, Refusal};
+use crate::protocol::{code, Refusal, RequestId};
 use crate::query::{canonical_key, Query, QueryError, QueryLimits};
 
 pub type ConnectionId = u64;

@@ -184,13 +184,8 @@ fn unsubscribe_replace_and_disconnect_leave_nothing_behind() {
 /// the events a brute-force evaluation of its query says it should.
 #[test]
 fn indexed_fan_out_equals_brute_force() {
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut rng = crate::testing::Rng::new(1);
+    let mut next = move |n: u64| rng.next() % n;
     let hub = Hub::new(10_000);
     let (conn, mut rx) = connect(&hub, 1_000_000);
     let mut queries = Vec::new();

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::operand::{type_tag, untagged_or};
+use crate::value::{type_tag, untagged_or};
 
 /// A point as (latitude, longitude) in degrees.
 pub type Point = (f64, f64);

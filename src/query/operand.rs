@@ -5,7 +5,7 @@ use std::cmp::Ordering as Cmp;
 use serde_json::{Map, Value};
 
 use super::geo::{self, Point};
-use crate::value::{date_millis, now_millis, parse_instant, relative_time_offset};
+use crate::value::{date_millis, now_millis, parse_instant, relative_time_offset, type_tag, untagged_or};
 
 #[derive(Debug, Clone)]
 pub enum Operand {
@@ -56,17 +56,6 @@ impl Ordering {
 
 pub const RELATIVE_TIME_ONLY_IN_RANGES: &str =
     "$relativeTime can only be used with the $lt, $lte, $gt, and $gte operators";
-
-/// The `__type` of a typed value (`{"__type": "Date", …}`).
-pub(super) fn type_tag(value: &Value) -> Option<&str> {
-    value.as_object()?.get("__type")?.as_str()
-}
-
-/// Whether an object has no `__type` or one of `tags`: Parse's SDK reads some typed values from
-/// untagged JSON too.
-pub(super) fn untagged_or(map: &Map<String, Value>, tags: &[&str]) -> bool {
-    map.get("__type").is_none_or(|tag| tag.as_str().is_some_and(|tag| tags.contains(&tag)))
-}
 
 fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
     map.get(key).and_then(Value::as_str).map(str::to_string)

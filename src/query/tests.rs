@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::*;
+use crate::testing::Rng;
 use crate::value::{format_instant, now_millis};
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -785,30 +786,6 @@ fn canonical_key_ignores_key_order_only() {
     assert_ne!(canonical_key("C", &obj(json!({"a": 15}))), canonical_key("C", &obj(json!({"a": "15"}))));
 }
 
-/// xorshift64*: a small deterministic generator, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
-
 const OPERATORS: &[&str] = &[
     "$eq",
     "$ne",
@@ -1032,7 +1009,7 @@ fn arbitrary_object(rng: &mut Rng) -> Map<String, Value> {
 /// that compiles answers the same twice.
 #[test]
 fn never_panics_on_arbitrary_input() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(1);
     let objects: Vec<Map<String, Value>> = (0..64).map(|_| arbitrary_object(&mut rng)).collect();
     let (mut compiled, mut matched) = (0, 0);
     for round in 0..4_000 {

@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::rng::Rng;
 use crate::support::{TestApp, TestDb, WsClient};
 
 const SEEDS: [u64; 5] = [0x5eed_0001, 0xc0ffee, 0xac1_0ac1e, 0x7e57_0004, 0xbad_5eed];
@@ -73,31 +74,14 @@ async fn a_query_leave_or_enter_never_shows_a_state_the_subscriber_cannot_read()
 // ---------------------------------------------------------------------------------------------
 // Randomness
 
-/// xorshift64: deterministic and dependency-free.
-struct Rng(u64);
+/// The model's own draws, on the generator the unit tests share.
+trait Draw {
+    fn user(&mut self) -> String;
+    fn role(&mut self) -> String;
+    fn room(&mut self) -> &'static str;
+}
 
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
+impl Draw for Rng {
     fn user(&mut self) -> String {
         format!("u{}", self.below(USERS))
     }

@@ -11,5 +11,7 @@ mod identity;
 mod parse_sdk;
 mod queries;
 mod resume;
+#[path = "../../src/testing/rng.rs"]
+mod rng;
 mod support;
 mod websocket;

@@ -1,5 +1,10 @@
-//! In-memory stand-ins for unit tests of the layers that await tokens or history: tokens from a
-//! table the test edits, history in which nothing happened. Test-only.
+//! What unit tests share: in-memory stand-ins for the layers that await tokens or history
+//! (tokens from a table the test edits, history in which nothing happened) and a deterministic
+//! random generator. Test-only.
+
+mod rng;
+
+pub use rng::Rng;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
