@@ -11,8 +11,6 @@ use futures_util::{SinkExt, StreamExt};
 use livegate::app::Application;
 use livegate::config::Config;
 use serde_json::{json, Value};
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Connection, Executor, PgConnection};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
