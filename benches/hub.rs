@@ -74,11 +74,11 @@ fn subscription(where_: Value) -> Subscription {
 /// isolates the cost of finding out).
 fn hub(subscriptions: usize, indexed: bool, deliveries: bool) {
     const PER_CONNECTION: usize = 100;
-    let hub = Hub::new(PER_CONNECTION);
+    let hub = Hub::new(livegate::hub::HubLimits::per_connection(PER_CONNECTION));
     let rooms = (subscriptions / 10).max(1);
     let mut queues = Vec::new();
     for c in 0..subscriptions.div_ceil(PER_CONNECTION) {
-        let (outbox, rx) = Outbox::new(1 << 16);
+        let (outbox, rx) = Outbox::new(livegate::hub::QueueBudget::frames(1 << 16));
         let conn = hub.register(outbox);
         for s in 0..PER_CONNECTION.min(subscriptions - c * PER_CONNECTION) {
             let i = c * PER_CONNECTION + s;
@@ -132,10 +132,10 @@ fn hub(subscriptions: usize, indexed: bool, deliveries: bool) {
 /// `acl`: the row's read ACL (`None`: public). Every subscriber matches every change.
 fn authorization(label: &str, acl: Option<Value>) {
     const SUBSCRIBERS: usize = 10_000;
-    let hub = Hub::new(1);
+    let hub = Hub::new(livegate::hub::HubLimits::per_connection(1));
     let mut queues = Vec::new();
     for i in 0..SUBSCRIBERS {
-        let (outbox, rx) = Outbox::new(1 << 12);
+        let (outbox, rx) = Outbox::new(livegate::hub::QueueBudget::frames(1 << 12));
         let conn = hub.register(outbox);
         let mut sub = subscription(json!({}));
         sub.identity = Identity {

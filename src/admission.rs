@@ -36,6 +36,8 @@ pub struct Admission {
     tokens: Arc<dyn TokenResolver>,
     rules: Arc<ClassRules>,
     query_limits: QueryLimits,
+    /// Most names in a `keys` or `watch` list.
+    field_list: usize,
     /// How often tokens in use are checked again (revocation is noticed within this).
     pub revalidate_every: Duration,
 }
@@ -44,6 +46,15 @@ impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission").field("query_limits", &self.query_limits).finish_non_exhaustive()
     }
+}
+
+/// The bounds the pipeline applies, and how often tokens are re-checked.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionLimits {
+    pub query: QueryLimits,
+    /// Most names in a `keys` or `watch` list (`limits.field_list`).
+    pub field_list: usize,
+    pub revalidate_every: Duration,
 }
 
 /// A subscribe request as either transport states it, before anything is checked.
@@ -101,10 +112,10 @@ impl Admission {
         catchup: Arc<Catchup>,
         tokens: Arc<dyn TokenResolver>,
         rules: Arc<ClassRules>,
-        query_limits: QueryLimits,
-        revalidate_every: Duration,
+        limits: AdmissionLimits,
     ) -> Admission {
-        Admission { hub, catchup, tokens, rules, query_limits, revalidate_every }
+        let AdmissionLimits { query: query_limits, field_list, revalidate_every } = limits;
+        Admission { hub, catchup, tokens, rules, query_limits, field_list, revalidate_every }
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -113,6 +124,14 @@ impl Admission {
 
     /// Step 1: the anonymous subscription the request describes.
     pub fn compile(&self, request: SubscribeRequest<'_>) -> Result<Subscription, Refused> {
+        for (name, list) in [("keys", &request.keys), ("watch", &request.watch)] {
+            let length = list.as_ref().map_or(0, Vec::len);
+            if length > self.field_list {
+                let limit = self.field_list;
+                let message = format!("{name} lists {length} fields, more than limits.field_list ({limit})");
+                return Err(Refused::Query(QueryError(message)));
+            }
+        }
         let mut subscription =
             Subscription::new(request.class, request.where_, self.query_limits, request.keys, request.watch)
                 .map_err(Refused::Query)?;

@@ -9,12 +9,12 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, AdmissionLimits};
 use crate::auth::sessions::SessionStore;
 use crate::auth::Authenticator;
 use crate::catchup::Catchup;
 use crate::config::{Config, ConfigError, Settings};
-use crate::database::{self, DatabaseError};
+use crate::database::{self, DatabaseConfig, DatabaseError};
 use crate::feed::{self, Feed};
 use crate::http::cors;
 use crate::http::{self, HealthState};
@@ -78,15 +78,18 @@ impl Application {
         for table in &settings.feed.tables {
             feed::watch(&pool, table).await?;
         }
-        let hub = Arc::new(Hub::new(settings.subscriptions_per_connection));
+        let hub = Arc::new(Hub::new(settings.hub));
         let listener_options = database::connect_options(&settings.database, feed::LISTENER_APPLICATION_NAME)?;
         let sessions = SessionStore::new(pool.clone(), &settings.sessions);
-        let feed = Feed::start(pool, listener_options, hub.clone(), &settings.feed, &settings.history).await?;
+        let replay = DatabaseConfig { max_connections: settings.history.replay_connections, ..settings.database.clone() };
+        let history_pool = database::open_pool(&replay).await?;
+        let feed =
+            Feed::start(pool, history_pool, listener_options, hub.clone(), &settings.feed, &settings.history).await?;
         let address = settings.server.listen;
         let listener = TcpListener::bind(address).map_err(|source| listen_error("listen on", address, source))?;
         let port = listener.local_addr().map_err(|source| listen_error("listen on", address, source))?.port();
         let health = HealthState { hub: hub.clone(), feed_position: feed.position_handle() };
-        let catchup = Arc::new(Catchup::new(hub.clone(), feed.history()));
+        let catchup = Arc::new(Catchup::new(hub.clone(), feed.history(), settings.replay_changes));
         let server = serve(listener, settings, hub.clone(), catchup, sessions, health)?;
         Ok(Application { server, port, feed, hub })
     }
@@ -129,14 +132,12 @@ fn serve(
 ) -> Result<Server, StartError> {
     let Settings { server, websocket, sse, send_queue, keys, origins, jwt, rules, .. } = settings;
     let tokens = Arc::new(Authenticator::new(jwt, sessions));
-    let admission = Arc::new(Admission::new(
-        hub,
-        catchup,
-        tokens,
-        Arc::new(rules),
-        settings.query_limits,
-        settings.revalidate_every,
-    ));
+    let limits = AdmissionLimits {
+        query: settings.query_limits,
+        field_list: settings.field_list,
+        revalidate_every: settings.revalidate_every,
+    };
+    let admission = Arc::new(Admission::new(hub, catchup, tokens, Arc::new(rules), limits));
     let sse =
         SseSettings { admission: admission.clone(), master_key: keys.master_key.clone(), config: sse, send_queue };
     let ws = WsSettings {

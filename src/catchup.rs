@@ -41,9 +41,10 @@ pub type HistoryError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Retained changes, as catch-up reads them.
 pub trait HistorySource: Send + Sync {
-    /// Changes with `after < pos <= upto`, at most one batch. The epoch and floor are read in the
-    /// same snapshot, so if `floor <= after` the batch is complete however pruning races.
-    fn read(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<HistoryBatch, HistoryError>>;
+    /// Changes of `class` with `after < pos <= upto`, at most one batch. The epoch and floor are
+    /// read in the same snapshot, so if `floor <= after` the batch is complete however pruning
+    /// races.
+    fn read<'a>(&'a self, after: i64, upto: i64, class: &'a str) -> BoxFuture<'a, Result<HistoryBatch, HistoryError>>;
 }
 
 /// One subscription to resume.
@@ -58,6 +59,8 @@ pub struct Resume {
 pub struct Catchup {
     hub: Arc<Hub>,
     history: Arc<dyn HistorySource>,
+    /// Most changes one resume replays (`limits.replay_changes`); further behind is a gap.
+    max_replay: u64,
 }
 
 impl std::fmt::Debug for Catchup {
@@ -77,8 +80,8 @@ enum Replayed {
 }
 
 impl Catchup {
-    pub fn new(hub: Arc<Hub>, history: Arc<dyn HistorySource>) -> Catchup {
-        Catchup { hub, history }
+    pub fn new(hub: Arc<Hub>, history: Arc<dyn HistorySource>, max_replay: u64) -> Catchup {
+        Catchup { hub, history, max_replay }
     }
 
     /// Reserves the requestId and starts replaying. The caller may abort the task; the hub's
@@ -136,7 +139,9 @@ impl Catchup {
                 return Err(Gap::Reset);
             }
             if cursor <= live.offset {
-                return Ok(live.offset);
+                // Positions number the changes, so this is how many the replay would read.
+                let behind = live.offset.abs_diff(cursor);
+                return if behind > self.max_replay { Err(Gap::Expired) } else { Ok(live.offset) };
             }
             if waited >= AHEAD_GRACE {
                 return Err(Gap::Reset);
@@ -150,7 +155,7 @@ impl Catchup {
     async fn replay_upto(&self, resume: &Resume, cursor: &mut i64, upto: i64) -> Result<(), Replayed> {
         let Resume { request_id, subscription, since, outbox, .. } = resume;
         while *cursor < upto {
-            let batch = self.read(*cursor, upto, outbox).await.ok_or(Replayed::Gone)?;
+            let batch = self.read(*cursor, upto, &subscription.class, outbox).await.ok_or(Replayed::Gone)?;
             if batch.epoch != since.epoch {
                 return Err(Replayed::Gap(Gap::Reset));
             }
@@ -175,9 +180,9 @@ impl Catchup {
     }
 
     /// One batch of history, retried until it is read; `None` when the client left meanwhile.
-    async fn read(&self, after: i64, upto: i64, outbox: &Outbox) -> Option<HistoryBatch> {
+    async fn read(&self, after: i64, upto: i64, class: &str, outbox: &Outbox) -> Option<HistoryBatch> {
         loop {
-            match self.history.read(after, upto).await {
+            match self.history.read(after, upto, class).await {
                 Ok(batch) => return Some(batch),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading history for a resuming client failed; retrying");

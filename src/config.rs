@@ -19,6 +19,7 @@ use crate::auth::sessions::SessionConfig;
 use crate::database::DatabaseConfig;
 use crate::feed::{FeedConfig, HistoryConfig};
 use crate::http::cors::{BrowserConfig, OriginPolicy};
+use crate::hub::{HubLimits, QueueBudget};
 use crate::protocol::KeyPairs;
 use crate::query::QueryLimits;
 use crate::transport::sse::SseConfig;
@@ -63,8 +64,19 @@ impl Default for ServerConfig {
 pub struct LimitsConfig {
     /// Frames a connection may have waiting; a client whose queue fills is disconnected.
     pub send_queue: usize,
+    /// Bytes a connection may have waiting; a client whose queue holds more is disconnected.
+    pub send_queue_bytes: usize,
     /// Live subscriptions per connection.
     pub subscriptions_per_connection: usize,
+    /// Unindexed subscriptions per connection (no top-level equality: evaluated for every
+    /// change of their class).
+    pub scanned_queries_per_connection: usize,
+    /// Distinct unindexed queries in the whole gateway.
+    pub scanned_queries_total: usize,
+    /// Most names in a `keys` or `watch` list.
+    pub field_list: usize,
+    /// Most changes one resume replays; a client further behind gets an `expired` gap.
+    pub replay_changes: u64,
     /// Deepest nesting of `$or`/`$and`/`$nor` and operator objects in a `where`.
     pub query_depth: usize,
     /// Most elements in an `$in`/`$nin`/`$all`/`$containedBy` list or `$polygon`.
@@ -79,7 +91,12 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             send_queue: 8_192,
+            send_queue_bytes: 4 * 1024 * 1024,
             subscriptions_per_connection: 100,
+            scanned_queries_per_connection: 50,
+            scanned_queries_total: 2_000,
+            field_list: 256,
+            replay_changes: 100_000,
             query_depth: 10,
             in_list: 1_000,
             regex_bytes: 1_024,
@@ -113,10 +130,14 @@ pub struct Settings {
     pub history: HistoryConfig,
     pub websocket: WebSocketConfig,
     pub sse: SseConfig,
-    /// Frames a connection may have waiting (`limits.send_queue`).
-    pub send_queue: usize,
-    pub subscriptions_per_connection: usize,
+    /// What a connection's queue may hold (`limits.send_queue`, `limits.send_queue_bytes`).
+    pub send_queue: QueueBudget,
+    pub hub: HubLimits,
     pub query_limits: QueryLimits,
+    /// Most names in a `keys` or `watch` list.
+    pub field_list: usize,
+    /// Most changes one resume replays.
+    pub replay_changes: u64,
     pub keys: KeyPairs,
     pub origins: OriginPolicy,
     pub jwt: Option<JwtVerifier>,
@@ -185,8 +206,14 @@ impl Config {
                 max_regex_bytes: limits.regex_bytes,
                 max_regexes: limits.regexes_per_query,
             },
-            send_queue: limits.send_queue,
-            subscriptions_per_connection: limits.subscriptions_per_connection,
+            send_queue: QueueBudget { frames: limits.send_queue, bytes: limits.send_queue_bytes },
+            hub: HubLimits {
+                subscriptions_per_connection: limits.subscriptions_per_connection,
+                scanned_per_connection: limits.scanned_queries_per_connection,
+                scanned_total: limits.scanned_queries_total,
+            },
+            field_list: limits.field_list,
+            replay_changes: limits.replay_changes,
             revalidate_every: Duration::from_millis(self.sessions.cache_ttl_ms.max(100)),
             server: self.server,
             database: self.database,
@@ -209,12 +236,18 @@ impl Config {
             ("feed.reconnect_min_ms", self.feed.reconnect_min_ms),
             ("history.prune_interval_ms", self.history.prune_interval_ms),
             ("history.prune_batch", u64::from(self.history.prune_batch)),
+            ("history.replay_connections", u64::from(self.history.replay_connections)),
             ("sse.keepalive_ms", self.sse.keepalive_ms),
             ("sse.retry_ms", self.sse.retry_ms),
             ("websocket.timeout_ms", self.websocket.timeout_ms),
             ("websocket.max_frame_bytes", self.websocket.max_frame_bytes as u64),
             ("limits.send_queue", self.limits.send_queue as u64),
+            ("limits.send_queue_bytes", self.limits.send_queue_bytes as u64),
             ("limits.subscriptions_per_connection", self.limits.subscriptions_per_connection as u64),
+            ("limits.scanned_queries_per_connection", self.limits.scanned_queries_per_connection as u64),
+            ("limits.scanned_queries_total", self.limits.scanned_queries_total as u64),
+            ("limits.field_list", self.limits.field_list as u64),
+            ("limits.replay_changes", self.limits.replay_changes),
             ("limits.query_depth", self.limits.query_depth as u64),
             ("limits.in_list", self.limits.in_list as u64),
             ("limits.regex_bytes", self.limits.regex_bytes as u64),

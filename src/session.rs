@@ -411,31 +411,31 @@ mod tests {
     use crate::testing::{self, TokenTable};
     use serde_json::Value;
     use std::time::Duration;
-    use tokio::sync::mpsc::Receiver;
+    
 
     struct Harness {
         session: ParseSession,
-        rx: Receiver<Outgoing>,
+        rx: crate::hub::Queue,
         hub: Arc<Hub>,
         tokens: Arc<TokenTable>,
     }
 
-    fn session(keys: KeyPairs) -> (ParseSession, Receiver<Outgoing>, Arc<Hub>) {
+    fn session(keys: KeyPairs) -> (ParseSession, crate::hub::Queue, Arc<Hub>) {
         let Harness { session, rx, hub, .. } = harness(keys);
         (session, rx, hub)
     }
 
     fn harness(keys: KeyPairs) -> Harness {
-        let hub = Arc::new(Hub::new(5));
+        let hub = Arc::new(Hub::new(crate::hub::HubLimits::per_connection(5)));
         let tokens = Arc::new(TokenTable::default());
-        let (outbox, rx) = Outbox::new(64);
+        let (outbox, rx) = Outbox::new(crate::hub::QueueBudget::frames(64));
         let admission = testing::admission(&hub, tokens.clone(), ClassRules::default());
         let session = ParseSession::new(Arc::new(SessionSettings { keys, admission }), outbox);
         Harness { session, rx, hub, tokens }
     }
 
     /// Every frame queued so far, as the client would receive it.
-    fn frames(session: &ParseSession, rx: &mut Receiver<Outgoing>) -> Vec<Value> {
+    fn frames(session: &ParseSession, rx: &mut crate::hub::Queue) -> Vec<Value> {
         let mut out = Vec::new();
         while let Ok(item) = rx.try_recv() {
             if let Some(text) = session.frame(item) {
@@ -446,7 +446,7 @@ mod tests {
     }
 
     /// The next frame, waiting for it (catch-up runs on a task of its own).
-    async fn next_frame(session: &ParseSession, rx: &mut Receiver<Outgoing>) -> Value {
+    async fn next_frame(session: &ParseSession, rx: &mut crate::hub::Queue) -> Value {
         let item = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a frame").unwrap();
         serde_json::from_str(&session.frame(item).expect("framed")).unwrap()
     }
@@ -580,5 +580,21 @@ mod tests {
             (Some(209), Some("Invalid session token: unknown token"))
         );
         assert_eq!(r[1]["code"], 2, "not connected");
+    }
+
+    #[tokio::test]
+    async fn keys_longer_than_the_field_list_limit_are_refused() {
+        let (mut s, mut rx, hub) = session(KeyPairs::default());
+        s.on_text(CONNECT).await;
+        let keys: Vec<String> = (0..9).map(|i| format!("f{i}")).collect();
+        let subscribe = serde_json::json!({"op": "subscribe", "requestId": 4,
+            "query": {"className": "Msg", "where": {}, "keys": keys}});
+        s.on_text(&subscribe.to_string()).await;
+        let r = frames(&s, &mut rx);
+        assert_eq!(
+            (r[1]["code"].as_i64(), r[1]["requestId"].as_i64(), r[1]["error"].as_str()),
+            (Some(102), Some(4), Some("keys lists 9 fields, more than limits.field_list (8)"))
+        );
+        assert_eq!(hub.stats().subscriptions, 0);
     }
 }

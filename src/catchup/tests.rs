@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc::Receiver;
+
 use tokio::sync::Notify;
 
 use super::*;
@@ -11,6 +11,7 @@ use crate::hub::{ChangeKind, RowImage};
 use crate::query::QueryLimits;
 
 const BATCH: usize = 2;
+const MAX_REPLAY: u64 = 20;
 
 type Hook = Box<dyn FnMut() + Send>;
 
@@ -38,7 +39,7 @@ impl Changes {
 }
 
 impl HistorySource for Changes {
-    fn read(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<HistoryBatch, HistoryError>> {
+    fn read<'a>(&'a self, after: i64, upto: i64, class: &'a str) -> BoxFuture<'a, Result<HistoryBatch, HistoryError>> {
         Box::pin(async move {
             let hook = self.before_read.lock().unwrap().take();
             if let Some(mut hook) = hook {
@@ -48,7 +49,12 @@ impl HistorySource for Changes {
                 gate.notified().await;
             }
             let changes = self.changes.lock().unwrap();
-            let batch = changes.iter().filter(|c| c.pos > after && c.pos <= upto).take(BATCH).cloned().collect();
+            let batch = changes
+                .iter()
+                .filter(|c| c.pos > after && c.pos <= upto && &*c.class == class)
+                .take(BATCH)
+                .cloned()
+                .collect();
             Ok(HistoryBatch { epoch: self.epoch, floor: *self.floor.lock().unwrap(), changes: batch })
         })
     }
@@ -65,16 +71,16 @@ struct Client {
     catchup: Arc<Catchup>,
     connection: ConnectionId,
     outbox: Outbox,
-    rx: Receiver<Outgoing>,
+    rx: crate::hub::Queue,
 }
 
 /// A hub standing at `live` in `epoch`, one connection, and catch-up over `history`.
 fn client(epoch: Uuid, live: i64, history: Changes) -> Client {
-    let hub = Arc::new(Hub::new(10));
+    let hub = Arc::new(Hub::new(crate::hub::HubLimits::per_connection(10)));
     hub.start_epoch(Position::new(epoch, live));
-    let (outbox, rx) = Outbox::new(64);
+    let (outbox, rx) = Outbox::new(crate::hub::QueueBudget::frames(64));
     let connection = hub.register(outbox.clone());
-    let catchup = Arc::new(Catchup::new(hub.clone(), Arc::new(history)));
+    let catchup = Arc::new(Catchup::new(hub.clone(), Arc::new(history), MAX_REPLAY));
     Client { hub, catchup, connection, outbox, rx }
 }
 
@@ -232,4 +238,15 @@ async fn a_client_that_leaves_ends_the_replay() {
     .await
     .expect("the replay stops");
     assert_eq!(hub.stats().subscriptions, 0);
+}
+
+#[tokio::test]
+async fn a_resume_further_behind_than_the_replay_limit_gets_an_expired_gap() {
+    let epoch = Uuid::new_v4();
+    let mut client = client(epoch, 30, Changes::new(epoch, 30));
+    client.resume(Position::new(epoch, 9), json!({}));
+    assert_eq!(client.until_settled().await, ["gap expired 30", "subscribed 30"]);
+    // At the limit, the replay happens.
+    client.resume(Position::new(epoch, 10), json!({"n": {"$gt": 28}}));
+    assert_eq!(client.until_settled().await, ["create 29", "create 30", "subscribed 30"]);
 }

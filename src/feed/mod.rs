@@ -101,11 +101,20 @@ pub struct HistoryConfig {
     pub prune_interval_ms: u64,
     /// Rows deleted per pruning transaction (short transactions keep the table available).
     pub prune_batch: u32,
+    /// Database connections reserved for replaying history to resuming clients: resumes queue
+    /// for them, and never take the connections the feed and token lookups use.
+    pub replay_connections: u32,
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        HistoryConfig { max_age_secs: 24 * 3600, max_changes: 1_000_000, prune_interval_ms: 60_000, prune_batch: 5_000 }
+        HistoryConfig {
+            max_age_secs: 24 * 3600,
+            max_changes: 1_000_000,
+            prune_interval_ms: 60_000,
+            prune_batch: 5_000,
+            replay_connections: 2,
+        }
     }
 }
 
@@ -120,6 +129,7 @@ impl Feed {
     /// Starts delivering every change committed from now on; earlier ones stay in [`History`].
     pub async fn start(
         pool: PgPool,
+        history_pool: PgPool,
         listener_options: PgConnectOptions,
         hub: Arc<Hub>,
         config: &FeedConfig,
@@ -150,8 +160,9 @@ impl Feed {
         let reader = tokio::spawn(reader.run(doorbell, Duration::from_millis(config.poll_interval_ms), backoff));
         let pruner = tokio::spawn(prune(pool.clone(), retention.clone(), position.clone()));
         let history = Arc::new(History {
-            pool,
+            pool: history_pool,
             catalog: Mutex::new(Catalog::new(config.aliases.clone())),
+            aliases: config.aliases.clone(),
             batch_size: config.batch_size,
         });
         Ok(Feed { position, history, tasks: vec![listener, reader, pruner] })
@@ -393,21 +404,40 @@ fn next_step(epoch: Uuid, cursor: i64, stream: StreamState) -> Step {
 
 /// Retained changes, read for clients that resume from an older position.
 pub struct History {
+    /// A pool of its own, so that replays never starve the feed or token lookups.
     pool: PgPool,
     catalog: Mutex<Catalog>,
+    aliases: BTreeMap<String, String>,
     batch_size: u32,
 }
 
 impl History {
-    async fn read_batch(&self, after: i64, upto: i64) -> Result<HistoryBatch, sqlx::Error> {
+    /// The tables whose changes are `class`'s, as the filter of a history read: those aliased
+    /// to it (`schema.table`), and those named so that are not aliased to anything else.
+    fn tables_of(&self, class: &str) -> (Vec<String>, Vec<String>) {
+        let qualified = |key: &String| if key.contains('.') { key.clone() } else { format!("public.{key}") };
+        let aliased_to_class = self.aliases.iter().filter(|(_, alias)| *alias == class).map(|(k, _)| qualified(k));
+        (aliased_to_class.collect(), self.aliases.keys().map(qualified).collect())
+    }
+
+    async fn read_batch(&self, after: i64, upto: i64, class: &str) -> Result<HistoryBatch, sqlx::Error> {
+        let (aliased_to_class, aliased) = self.tables_of(class);
+        // Only the class's own changes leave the database: a resume on a quiet table next to
+        // a busy one reads (and decodes) nothing of the busy one.
         let rows = sqlx::query(&format!(
             "select s.epoch::text as epoch, s.head, s.floor, c.* from livegate.stream s \
              left join lateral (select {CHANGE_COLUMNS} from livegate.changes \
-                                where pos > $1 and pos <= $2 order by pos limit $3) c on true"
+                                where pos > $1 and pos <= $2 \
+                                  and ((table_schema || '.' || table_name) = any($4) \
+                                       or (table_name = $5 and (table_schema || '.' || table_name) <> all($6))) \
+                                order by pos limit $3) c on true"
         ))
         .bind(after)
         .bind(upto)
         .bind(i64::from(self.batch_size))
+        .bind(aliased_to_class)
+        .bind(class)
+        .bind(aliased)
         .fetch_all(&self.pool)
         .await?;
         let Some(first) = rows.first() else {
@@ -428,8 +458,8 @@ impl History {
 /// Changes with `after < pos <= upto`, at most one batch; the epoch and floor come from the same
 /// statement, so if `floor <= after` the batch is complete however the pruner races.
 impl HistorySource for History {
-    fn read(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<HistoryBatch, HistoryError>> {
-        Box::pin(async move { self.read_batch(after, upto).await.map_err(Into::into) })
+    fn read<'a>(&'a self, after: i64, upto: i64, class: &'a str) -> BoxFuture<'a, Result<HistoryBatch, HistoryError>> {
+        Box::pin(async move { self.read_batch(after, upto, class).await.map_err(Into::into) })
     }
 }
 

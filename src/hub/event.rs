@@ -30,7 +30,7 @@ impl Matches {
 
 /// The event a subscriber gets, finer than the wire op: Parse 2026 sends a different body when
 /// read access (not the query) decided an enter or a leave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Shape {
     Create,
     Update,

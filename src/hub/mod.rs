@@ -18,14 +18,14 @@ mod outbox;
 mod payload;
 
 pub use index::IndexEntry;
-pub use outbox::{Delivery, Outbox, Outgoing};
+pub use outbox::{Delivery, Outbox, Outgoing, Queue, QueueBudget};
 pub use payload::Payload;
 
 use event::{shape, Matches};
 use index::QueryIndex;
 use payload::PayloadCache;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -95,6 +95,13 @@ impl Subscription {
         watch: Option<Vec<String>>,
     ) -> Result<Subscription, QueryError> {
         let query = Query::compile(where_, limits)?;
+        // `keys` is a set (Parse sends the projection's names in any order): kept sorted, so
+        // equal projections are one interned list and membership is a binary search.
+        let keys = keys.map(|mut keys| {
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        });
         Ok(Subscription {
             key: canonical_key(class, where_),
             index: IndexEntry::of(where_),
@@ -117,6 +124,10 @@ pub enum SubscribeError {
     },
     /// The hub has published past the requested position; catch up to this one and retry.
     Moved(Position),
+    /// The connection holds `limit` unindexed queries already.
+    TooManyScannedQueries { limit: usize },
+    /// The gateway holds `limit` distinct unindexed queries already.
+    TooManyScannedQueriesInAll { limit: usize },
     /// The reservation is gone: the client unsubscribed (or reconnected) while catching up.
     Cancelled,
 }
@@ -129,6 +140,21 @@ impl SubscribeError {
             SubscribeError::TooManySubscriptions { limit } => Some(Refusal::new(
                 code::LIMIT_EXCEEDED,
                 format!("Too many subscriptions on this connection (limit {limit})"),
+            )),
+            SubscribeError::TooManyScannedQueries { limit } => Some(Refusal::new(
+                code::LIMIT_EXCEEDED,
+                format!(
+                    "Too many unindexed queries on this connection (limit {limit}): a query whose top \
+                     level has no equality on a field (like {{\"room\": \"lobby\"}}) is evaluated for \
+                     every change of its class"
+                ),
+            )),
+            SubscribeError::TooManyScannedQueriesInAll { limit } => Some(Refusal::new(
+                code::LIMIT_EXCEEDED,
+                format!(
+                    "The gateway holds too many distinct unindexed queries (limit {limit}); add an \
+                     equality on a field to the query, or try again later"
+                ),
             )),
             SubscribeError::UnknownConnection => Some(Refusal {
                 code: code::NOT_FOUND,
@@ -188,32 +214,59 @@ struct ClassQueries {
 
 type Classes = HashMap<Arc<str>, ClassQueries>;
 
+/// What the hub allows per connection and in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubLimits {
+    pub subscriptions_per_connection: usize,
+    /// Unindexed subscriptions per connection (each is evaluated for every change of its class).
+    pub scanned_per_connection: usize,
+    /// Distinct unindexed queries in the whole hub.
+    pub scanned_total: usize,
+}
+
+impl HubLimits {
+    /// `subscriptions` per connection and no other limit (tests, benches).
+    pub fn per_connection(subscriptions: usize) -> HubLimits {
+        HubLimits { subscriptions_per_connection: subscriptions, scanned_per_connection: usize::MAX, scanned_total: usize::MAX }
+    }
+}
+
+/// Where a connection's subscription sits in the hub.
+struct Entry {
+    class: Arc<str>,
+    key: String,
+    /// Unindexed: counts against the scanned budgets.
+    scanned: bool,
+}
+
 struct Connection {
     outbox: Outbox,
-    /// requestId → (class, query key), to find the group again.
-    subscriptions: HashMap<RequestId, (Arc<str>, String)>,
+    /// requestId → where its subscription is filed.
+    subscriptions: HashMap<RequestId, Entry>,
     /// requestIds reserved by subscriptions that are still catching up.
     reserved: HashMap<RequestId, Reservation>,
+    /// Live unindexed subscriptions.
+    scanned: usize,
 }
 
 impl Connection {
     /// Drops whatever `request_id` held (a subscription or a reservation), then checks that
     /// one more fits under `limit`.
-    fn vacate(
-        &mut self,
-        classes: &mut Classes,
-        id: ConnectionId,
-        request_id: &RequestId,
-        limit: usize,
-    ) -> Result<(), SubscribeError> {
-        if let Some((class, key)) = self.subscriptions.remove(request_id) {
-            remove_member(classes, &class, &key, id, request_id);
-        }
+    fn vacate(&mut self, shared: &mut Shared, id: ConnectionId, request_id: &RequestId, limit: usize) -> Result<(), SubscribeError> {
+        self.remove(shared, id, request_id);
         self.reserved.remove(request_id);
         if self.subscriptions.len() + self.reserved.len() >= limit {
             return Err(SubscribeError::TooManySubscriptions { limit });
         }
         Ok(())
+    }
+
+    /// Removes the live subscription `request_id`, if any; true when there was one.
+    fn remove(&mut self, shared: &mut Shared, id: ConnectionId, request_id: &RequestId) -> bool {
+        let Some(entry) = self.subscriptions.remove(request_id) else { return false };
+        self.scanned -= usize::from(entry.scanned);
+        shared.remove_member(&entry, id, request_id);
+        true
     }
 
     /// Checks that `start` may take up `request_id` with the hub at `live`.
@@ -229,9 +282,19 @@ impl Connection {
     }
 }
 
+/// What every connection's subscriptions share: the groups, and the interned projections.
+#[derive(Default)]
+struct Shared {
+    classes: Classes,
+    /// Distinct `keys` lists, so equal projections are one `Arc` (compared by pointer).
+    projections: HashSet<Arc<[String]>>,
+    /// Distinct unindexed groups.
+    scanned_groups: usize,
+}
+
 #[derive(Default)]
 struct State {
-    classes: Classes,
+    shared: Shared,
     connections: HashMap<ConnectionId, Connection>,
     epoch: Uuid,
 }
@@ -242,17 +305,12 @@ pub struct Hub {
     /// `publish`, so a write-lock holder sees it steady.
     published: AtomicI64,
     next_connection: AtomicU64,
-    subscriptions_per_connection: usize,
+    limits: HubLimits,
 }
 
 impl Hub {
-    pub fn new(subscriptions_per_connection: usize) -> Hub {
-        Hub {
-            state: RwLock::default(),
-            published: AtomicI64::new(0),
-            next_connection: AtomicU64::new(1),
-            subscriptions_per_connection,
-        }
+    pub fn new(limits: HubLimits) -> Hub {
+        Hub { state: RwLock::default(), published: AtomicI64::new(0), next_connection: AtomicU64::new(1), limits }
     }
 
     /// Where the live stream stands: the last change fanned out.
@@ -275,7 +333,7 @@ impl Hub {
         if !changed {
             return;
         }
-        for group in state.classes.values().flat_map(|c| c.groups.values()) {
+        for group in state.shared.classes.values().flat_map(|c| c.groups.values()) {
             for ((_, request_id), member) in group.members.iter().filter(|(_, m)| m.positions) {
                 member.outbox.push(Outgoing::Gap { request_id: request_id.clone(), gap: Gap::Reset, position: at });
             }
@@ -294,7 +352,7 @@ impl Hub {
 
     pub fn register(&self, outbox: Outbox) -> ConnectionId {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let connection = Connection { outbox, subscriptions: HashMap::new(), reserved: Default::default() };
+        let connection = Connection { outbox, subscriptions: HashMap::new(), reserved: HashMap::new(), scanned: 0 };
         self.write().connections.insert(id, connection);
         id
     }
@@ -306,7 +364,7 @@ impl Hub {
         let mut state = self.write();
         let state = &mut *state;
         let conn = state.connections.get_mut(&connection).ok_or(SubscribeError::UnknownConnection)?;
-        conn.vacate(&mut state.classes, connection, &request_id, self.subscriptions_per_connection)?;
+        conn.vacate(&mut state.shared, connection, &request_id, self.limits.subscriptions_per_connection)?;
         let ticket = Reservation(self.next_connection.fetch_add(1, Ordering::Relaxed));
         conn.reserved.insert(request_id, ticket);
         Ok(ticket)
@@ -328,16 +386,36 @@ impl Hub {
         let live = self.live(state);
         let conn = state.connections.get_mut(&connection).ok_or(SubscribeError::UnknownConnection)?;
         conn.admits(&request_id, start, live)?;
-        conn.vacate(&mut state.classes, connection, &request_id, self.subscriptions_per_connection)?;
+        conn.vacate(&mut state.shared, connection, &request_id, self.limits.subscriptions_per_connection)?;
+        let scanned = subscription.index.is_none();
+        if scanned {
+            self.check_scanned(conn, &state.shared, &subscription)?;
+        }
         let outbox = conn.outbox.clone();
-        conn.subscriptions.insert(request_id.clone(), (subscription.class.clone(), subscription.key.clone()));
+        let entry = Entry { class: subscription.class.clone(), key: subscription.key.clone(), scanned };
+        conn.subscriptions.insert(request_id.clone(), entry);
+        conn.scanned += usize::from(scanned);
         let positioned = subscription.positions;
-        install(&mut state.classes, (connection, request_id.clone()), subscription, outbox.clone());
+        state.shared.install((connection, request_id.clone()), subscription, outbox.clone());
         if let Start::AfterGap(_, gap) = start {
             outbox.push(Outgoing::Gap { request_id: request_id.clone(), gap, position: live });
         }
         outbox.push(Outgoing::Subscribed { request_id, position: live, positioned });
         Ok(live)
+    }
+
+    /// Whether one more unindexed subscription fits, on the connection and (if its query is
+    /// not already held) in the hub.
+    fn check_scanned(&self, conn: &Connection, shared: &Shared, subscription: &Subscription) -> Result<(), SubscribeError> {
+        let limits = self.limits;
+        if conn.scanned >= limits.scanned_per_connection {
+            return Err(SubscribeError::TooManyScannedQueries { limit: limits.scanned_per_connection });
+        }
+        let held = shared.classes.get(&subscription.class).is_some_and(|c| c.groups.contains_key(&subscription.key));
+        if !held && shared.scanned_groups >= limits.scanned_total {
+            return Err(SubscribeError::TooManyScannedQueriesInAll { limit: limits.scanned_total });
+        }
+        Ok(())
     }
 
     /// Removes one subscription (or cancels its reservation); false when the connection has no
@@ -349,9 +427,7 @@ impl Hub {
         if conn.reserved.remove(request_id).is_some() {
             return true;
         }
-        let Some((class, key)) = conn.subscriptions.remove(request_id) else { return false };
-        remove_member(&mut state.classes, &class, &key, connection, request_id);
-        true
+        conn.remove(&mut state.shared, connection, request_id)
     }
 
     /// Stops one subscription because its identity is no longer valid (a reservation is
@@ -363,9 +439,7 @@ impl Hub {
         let stopped = self.live(state);
         let conn = state.connections.get_mut(&connection)?;
         conn.reserved.remove(request_id);
-        let (class, key) = conn.subscriptions.remove(request_id)?;
-        remove_member(&mut state.classes, &class, &key, connection, request_id);
-        Some(stopped)
+        conn.remove(&mut state.shared, connection, request_id).then_some(stopped)
     }
 
     /// Replaces the identity a live subscription is evaluated with (its token was re-checked and
@@ -373,14 +447,14 @@ impl Hub {
     pub fn set_identity(&self, connection: ConnectionId, request_id: &RequestId, identity: Identity) -> bool {
         let mut state = self.write();
         let state = &mut *state;
-        let Some((class, key)) = state.connections.get(&connection).and_then(|c| c.subscriptions.get(request_id))
-        else {
+        let Some(entry) = state.connections.get(&connection).and_then(|c| c.subscriptions.get(request_id)) else {
             return false;
         };
         let member = state
+            .shared
             .classes
-            .get_mut(class)
-            .and_then(|c| c.groups.get_mut(key))
+            .get_mut(&entry.class)
+            .and_then(|c| c.groups.get_mut(&entry.key))
             .and_then(|g| g.members.get_mut(&(connection, request_id.clone())));
         match member {
             Some(member) => {
@@ -397,8 +471,9 @@ impl Hub {
         let state = &mut *state;
         let Some(conn) = state.connections.get_mut(&connection) else { return };
         conn.reserved.clear();
-        for (request_id, (class, key)) in conn.subscriptions.drain() {
-            remove_member(&mut state.classes, &class, &key, connection, &request_id);
+        conn.scanned = 0;
+        for (request_id, entry) in conn.subscriptions.drain() {
+            state.shared.remove_member(&entry, connection, &request_id);
         }
     }
 
@@ -410,7 +485,7 @@ impl Hub {
 
     pub fn stats(&self) -> HubStats {
         let state = self.read();
-        let groups = state.classes.values().flat_map(|c| c.groups.values());
+        let groups = state.shared.classes.values().flat_map(|c| c.groups.values());
         HubStats {
             connections: state.connections.len(),
             subscriptions: groups.clone().map(|g| g.members.len()).sum(),
@@ -421,7 +496,7 @@ impl Hub {
     /// Fans one change out to every subscriber it concerns.
     pub fn publish(&self, change: &Change) {
         let state = self.read();
-        if let Some(class) = state.classes.get(&change.class) {
+        if let Some(class) = state.shared.classes.get(&change.class) {
             let images: Vec<&Map<String, Value>> = change.old.iter().chain(&change.new).map(|i| &i.object).collect();
             let mut payloads = PayloadCache::new(change, Position::new(state.epoch, change.pos));
             for key in class.index.candidates(&images) {
@@ -472,39 +547,60 @@ pub fn replay(subscription: &Subscription, request_id: &RequestId, change: &Chan
     Some(Delivery { op: shape.op(), request_id: request_id.clone(), payload, positioned: subscription.positions })
 }
 
-/// Files a subscriber in its query's group, creating the group (and its index entry) if it is
-/// the first with that query.
-fn install(classes: &mut Classes, member_key: (ConnectionId, RequestId), subscription: Subscription, outbox: Outbox) {
-    let class = classes.entry(subscription.class).or_default();
-    let group = match class.groups.entry(subscription.key) {
-        std::collections::hash_map::Entry::Occupied(group) => group.into_mut(),
-        std::collections::hash_map::Entry::Vacant(slot) => {
-            class.index.insert(slot.key(), subscription.index.as_ref());
-            slot.insert(Group { query: subscription.query, index: subscription.index, members: HashMap::new() })
-        }
-    };
-    let member = Member {
-        outbox,
-        keys: subscription.keys,
-        watch: subscription.watch,
-        identity: subscription.identity,
-        hidden: subscription.hidden,
-        positions: subscription.positions,
-    };
-    group.members.insert(member_key, member);
-}
+impl Shared {
+    /// Files a subscriber in its query's group, creating the group (and its index entry) if it
+    /// is the first with that query; its projection is interned.
+    fn install(&mut self, member_key: (ConnectionId, RequestId), subscription: Subscription, outbox: Outbox) {
+        let keys = subscription.keys.map(|keys| self.intern(keys));
+        let class = self.classes.entry(subscription.class).or_default();
+        let group = match class.groups.entry(subscription.key) {
+            std::collections::hash_map::Entry::Occupied(group) => group.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                class.index.insert(slot.key(), subscription.index.as_ref());
+                self.scanned_groups += usize::from(subscription.index.is_none());
+                slot.insert(Group { query: subscription.query, index: subscription.index, members: HashMap::new() })
+            }
+        };
+        let member = Member {
+            outbox,
+            keys,
+            watch: subscription.watch,
+            identity: subscription.identity,
+            hidden: subscription.hidden,
+            positions: subscription.positions,
+        };
+        group.members.insert(member_key, member);
+    }
 
-fn remove_member(classes: &mut Classes, class: &Arc<str>, key: &str, connection: ConnectionId, request_id: &RequestId) {
-    let Some(queries) = classes.get_mut(class) else { return };
-    if let Some(group) = queries.groups.get_mut(key) {
-        group.members.remove(&(connection, request_id.clone()));
-        if group.members.is_empty() {
-            queries.index.remove(key, group.index.as_ref());
-            queries.groups.remove(key);
+    fn intern(&mut self, keys: Arc<[String]>) -> Arc<[String]> {
+        match self.projections.get(&keys) {
+            Some(interned) => interned.clone(),
+            None => {
+                self.projections.insert(keys.clone());
+                keys
+            }
         }
     }
-    if queries.groups.is_empty() {
-        classes.remove(class);
+
+    fn remove_member(&mut self, entry: &Entry, connection: ConnectionId, request_id: &RequestId) {
+        let Some(queries) = self.classes.get_mut(&entry.class) else { return };
+        if let Some(group) = queries.groups.get_mut(&entry.key) {
+            let member = group.members.remove(&(connection, request_id.clone()));
+            if group.members.is_empty() {
+                queries.index.remove(&entry.key, group.index.as_ref());
+                self.scanned_groups -= usize::from(group.index.is_none());
+                queries.groups.remove(&entry.key);
+            }
+            if let Some(keys) = member.and_then(|m| m.keys) {
+                // Held here and by the set only: no subscriber uses the projection any more.
+                if Arc::strong_count(&keys) <= 2 {
+                    self.projections.remove(&keys);
+                }
+            }
+        }
+        if queries.groups.is_empty() {
+            self.classes.remove(&entry.class);
+        }
     }
 }
 

@@ -1,10 +1,12 @@
-//! One bounded send queue per connection. The hub pushes without waiting; when the queue is
-//! full the connection is marked closed (its transport then drops the client) and every later
-//! push is refused, so a slow client costs the hub one failed `try_send` and nothing else.
+//! One bounded send queue per connection, bounded in frames and in bytes. The hub pushes without
+//! waiting; when either bound would be passed the connection is marked closed (its transport
+//! then drops the client) and every later push is refused, so a slow client costs the hub one
+//! failed push and holds at most its budget of memory.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, Notify};
 
 use super::Payload;
@@ -28,6 +30,35 @@ pub enum Outgoing {
     Gap { request_id: RequestId, gap: Gap, position: Position },
 }
 
+impl Outgoing {
+    /// What the item accounts for in its queue's byte budget: the bytes it will be framed
+    /// into, roughly (an event's shared payload counts for every queue holding it).
+    pub fn size(&self) -> usize {
+        const FRAMING: usize = 64;
+        FRAMING
+            + match self {
+                Outgoing::Text(text) => text.len(),
+                Outgoing::Event(d) => d.payload.object.len() + d.payload.original.as_ref().map_or(0, String::len),
+                Outgoing::Refused { refusal, .. } => refusal.message.len(),
+                Outgoing::Subscribed { .. } | Outgoing::Gap { .. } => 0,
+            }
+    }
+}
+
+/// How much a connection's queue may hold before the client counts as too slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBudget {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+impl QueueBudget {
+    /// A budget in frames only (tests, benches).
+    pub fn frames(frames: usize) -> QueueBudget {
+        QueueBudget { frames, bytes: usize::MAX }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub op: EventOp,
@@ -48,36 +79,76 @@ struct Closer {
 pub struct Outbox {
     tx: mpsc::Sender<Outgoing>,
     closer: Arc<Closer>,
+    /// Bytes queued and not yet taken by the transport.
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The receiving half, read by the connection's transport.
+#[derive(Debug)]
+pub struct Queue {
+    rx: mpsc::Receiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    pub async fn recv(&mut self) -> Option<Outgoing> {
+        let item = self.rx.recv().await?;
+        self.queued.fetch_sub(item.size(), Ordering::AcqRel);
+        Some(item)
+    }
+
+    pub fn try_recv(&mut self) -> Result<Outgoing, TryRecvError> {
+        let item = self.rx.try_recv()?;
+        self.queued.fetch_sub(item.size(), Ordering::AcqRel);
+        Ok(item)
+    }
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> (Outbox, mpsc::Receiver<Outgoing>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub fn new(budget: QueueBudget) -> (Outbox, Queue) {
+        let (tx, rx) = mpsc::channel(budget.frames.max(1));
         let closer = Arc::new(Closer { closed: AtomicBool::new(false), notify: Notify::new() });
-        (Outbox { tx, closer }, rx)
+        let queued = Arc::new(AtomicUsize::new(0));
+        (Outbox { tx, closer, queued: queued.clone(), max_bytes: budget.bytes }, Queue { rx, queued })
     }
 
-    /// Queues `item` without waiting. Returns false when it was not queued.
+    /// Queues `item` without waiting. Returns false when it was not queued: the connection is
+    /// closed, or is now, because the item would pass its budget of frames or bytes.
     pub fn push(&self, item: Outgoing) -> bool {
         if self.is_closed() {
             return false;
         }
+        let size = item.size();
+        let before = self.queued.fetch_add(size, Ordering::AcqRel);
+        if before.saturating_add(size) > self.max_bytes {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            self.close();
+            return false;
+        }
         match self.tx.try_send(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close();
+            Err(e) => {
+                self.queued.fetch_sub(size, Ordering::AcqRel);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    self.close();
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
-    /// Queues `item` for catch-up, waiting while the queue is more than half full: a replay may
-    /// outpace the client but must neither drop it nor take the room live events need (a live
-    /// push into a full queue disconnects the client). Returns false when the connection is gone.
+    /// Whether more than half of either budget is taken.
+    fn crowded(&self) -> bool {
+        self.tx.capacity() < self.tx.max_capacity() / 2 || self.queued.load(Ordering::Acquire) > self.max_bytes / 2
+    }
+
+    /// Queues `item` for catch-up, waiting while the queue is more than half full (in frames or
+    /// bytes): a replay may outpace the client but must neither drop it nor take the room live
+    /// events need (a live push into a full queue disconnects the client). Returns false when
+    /// the connection is gone.
     pub async fn send(&self, item: Outgoing) -> bool {
-        let headroom = self.tx.max_capacity() / 2;
-        while self.tx.capacity() < headroom {
+        while self.crowded() {
             if self.is_closed() || self.tx.is_closed() {
                 return false;
             }
@@ -115,7 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_closes_the_outbox() {
-        let (outbox, mut rx) = Outbox::new(2);
+        let (outbox, mut rx) = Outbox::new(QueueBudget::frames(2));
         assert!(outbox.push(Outgoing::Text("1".into())));
         assert!(outbox.push(Outgoing::Text("2".into())));
         assert!(!outbox.push(Outgoing::Text("3".into())));
@@ -123,5 +194,20 @@ mod tests {
         outbox.closed().await;
         assert!(!outbox.push(Outgoing::Text("4".into())), "a closed outbox takes nothing more");
         assert!(matches!(rx.recv().await, Some(Outgoing::Text(t)) if t == "1"));
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_closes_the_outbox_and_frees_as_frames_leave() {
+        let text = |n: usize| Outgoing::Text("x".repeat(n));
+        let (outbox, mut rx) = Outbox::new(QueueBudget { frames: 100, bytes: 1_000 });
+        assert!(outbox.push(text(400)));
+        assert!(outbox.push(text(400)));
+        rx.try_recv().unwrap();
+        assert!(outbox.push(text(400)), "what the transport took is free again");
+        assert!(!outbox.push(text(400)), "a push past the byte budget is refused");
+        assert!(outbox.is_closed());
+        rx.try_recv().unwrap();
+        rx.try_recv().unwrap();
+        assert_eq!(outbox.queued.load(Ordering::Acquire), 0, "the accounting balances");
     }
 }

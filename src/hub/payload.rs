@@ -1,6 +1,12 @@
 //! Event bodies, encoded once per change and shared by every subscriber with the same event
 //! shape and projection (`keys`, hidden fields). Pure.
+//!
+//! Projections are compared by pointer: the hub interns `keys` lists and class rules share
+//! their hidden-field lists, so equal projections are one `Arc`, and finding a cached payload is
+//! one hash lookup whatever the number or length of the lists. (A caller that does not intern
+//! only loses sharing, never correctness.)
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -24,8 +30,11 @@ fn encode(object: &Map<String, Value>, keys: Option<&Arc<[String]>>, hidden: Opt
     let result = match (keys, hidden) {
         (None, None) => serde_json::to_string(object),
         _ => {
+            // `keys` is sorted (see `Subscription::new`).
             let shown = |k: &str| {
-                let selected = keys.is_none_or(|keys| ALWAYS_SENT.contains(&k) || keys.iter().any(|key| key == k));
+                let selected = keys.is_none_or(|keys| {
+                    ALWAYS_SENT.contains(&k) || keys.binary_search_by(|key| key.as_str().cmp(k)).is_ok()
+                });
                 selected && !hidden.is_some_and(|hidden| hidden.iter().any(|h| h == k))
             };
             let projected: Map<String, Value> =
@@ -37,20 +46,28 @@ fn encode(object: &Map<String, Value>, keys: Option<&Arc<[String]>>, hidden: Opt
     result.unwrap_or_else(|_| "{}".into())
 }
 
-/// A subscription's `keys` (`None` sends whole objects) and its hidden fields.
-type Projection = (Option<Arc<[String]>>, Option<Arc<[String]>>);
+/// Most payloads one change keeps for sharing; past it (a change reaching more distinct
+/// projections than this) each further projection is encoded for its subscriber alone.
+const CACHED_PAYLOADS: usize = 1_024;
+
+/// An event shape and a projection, by the addresses of its lists (0: none).
+type CacheKey = (Shape, usize, usize);
+
+fn address(list: Option<&Arc<[String]>>) -> usize {
+    list.map_or(0, |list| Arc::as_ptr(list) as *const String as usize)
+}
 
 /// Payloads of one change, encoded on first use and shared by every subscriber with the same
 /// event shape and projection.
 pub(super) struct PayloadCache<'a> {
     change: &'a Change,
     position: Position,
-    entries: Vec<(Shape, Projection, Arc<Payload>)>,
+    entries: HashMap<CacheKey, Arc<Payload>>,
 }
 
 impl<'a> PayloadCache<'a> {
     pub(super) fn new(change: &'a Change, position: Position) -> Self {
-        PayloadCache { change, position, entries: Vec::new() }
+        PayloadCache { change, position, entries: HashMap::new() }
     }
 
     pub(super) fn get(
@@ -59,13 +76,8 @@ impl<'a> PayloadCache<'a> {
         keys: Option<&Arc<[String]>>,
         hidden: Option<&Arc<[String]>>,
     ) -> Arc<Payload> {
-        let same = |a: &Option<Arc<[String]>>, b: Option<&Arc<[String]>>| match (a, b) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            _ => false,
-        };
-        let same_projection = |(k, h): &Projection| same(k, keys) && same(h, hidden);
-        if let Some((_, _, payload)) = self.entries.iter().find(|(s, p, _)| *s == shape && same_projection(p)) {
+        let key = (shape, address(keys), address(hidden));
+        if let Some(payload) = self.entries.get(&key) {
             return payload.clone();
         }
         let (object, original) = shape.images(self.change);
@@ -74,7 +86,10 @@ impl<'a> PayloadCache<'a> {
             object: object.map(|o| encode(&o.object, keys, hidden)).unwrap_or_else(|| "{}".into()),
             original: original.map(|o| encode(&o.object, keys, hidden)),
         });
-        self.entries.push((shape, (keys.cloned(), hidden.cloned()), payload.clone()));
+        if self.entries.len() < CACHED_PAYLOADS {
+            // The key's addresses stay valid: the lists outlive this change's fan-out.
+            self.entries.insert(key, payload.clone());
+        }
         payload
     }
 }

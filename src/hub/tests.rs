@@ -1,5 +1,5 @@
 use serde_json::{json, Value};
-use tokio::sync::mpsc::Receiver;
+
 
 use super::*;
 use crate::protocol::EventOp;
@@ -21,8 +21,8 @@ fn change(kind: ChangeKind, old: Option<RowImage>, new: Option<RowImage>) -> Cha
     Change { pos: 7, class: "Msg".into(), kind, old, new }
 }
 
-fn connect(hub: &Hub, capacity: usize) -> (ConnectionId, Receiver<Outgoing>) {
-    let (outbox, rx) = Outbox::new(capacity);
+fn connect(hub: &Hub, capacity: usize) -> (ConnectionId, crate::hub::Queue) {
+    let (outbox, rx) = Outbox::new(crate::hub::QueueBudget::frames(capacity));
     (hub.register(outbox), rx)
 }
 
@@ -31,7 +31,7 @@ fn subscribe(hub: &Hub, conn: ConnectionId, id: i64, sub: Subscription) {
 }
 
 /// Every event delivered so far, as (op, requestId, object, original).
-fn drain(rx: &mut Receiver<Outgoing>) -> Vec<(EventOp, String, Value, Option<Value>)> {
+fn drain(rx: &mut crate::hub::Queue) -> Vec<(EventOp, String, Value, Option<Value>)> {
     let mut out = Vec::new();
     while let Ok(item) = rx.try_recv() {
         if let Outgoing::Event(d) = item {
@@ -53,7 +53,7 @@ fn ops(events: &[(EventOp, String, Value, Option<Value>)]) -> Vec<EventOp> {
 
 #[test]
 fn decision_table() {
-    let hub = Hub::new(10);
+    let hub = Hub::new(crate::hub::HubLimits::per_connection(10));
     let (conn, mut rx) = connect(&hub, 100);
     subscribe(&hub, conn, 1, subscription(json!({"room": "a"}), None, None));
     let row = |room: &str| image(json!({"className": "Msg", "objectId": "1", "room": room}));
@@ -77,7 +77,7 @@ fn decision_table() {
 
 #[test]
 fn restricted_rows_reach_only_readers() {
-    let hub = Hub::new(10);
+    let hub = Hub::new(crate::hub::HubLimits::per_connection(10));
     let (anon, mut anon_rx) = connect(&hub, 100);
     let (master, mut master_rx) = connect(&hub, 100);
     subscribe(&hub, anon, 1, subscription(json!({}), None, None));
@@ -95,7 +95,7 @@ fn restricted_rows_reach_only_readers() {
 
 #[test]
 fn identical_queries_share_one_group_and_one_payload() {
-    let hub = Hub::new(10);
+    let hub = Hub::new(crate::hub::HubLimits::per_connection(10));
     let (a, mut a_rx) = connect(&hub, 100);
     let (b, mut b_rx) = connect(&hub, 100);
     subscribe(&hub, a, 1, subscription(json!({"room": "x", "n": {"$gt": 1}}), None, None));
@@ -108,7 +108,7 @@ fn identical_queries_share_one_group_and_one_payload() {
     assert!(Arc::ptr_eq(&da.payload, &db.payload), "payload encoded once");
 }
 
-fn last(rx: &mut Receiver<Outgoing>) -> Option<Outgoing> {
+fn last(rx: &mut crate::hub::Queue) -> Option<Outgoing> {
     let mut last = None;
     while let Ok(item) = rx.try_recv() {
         last = Some(item);
@@ -118,7 +118,7 @@ fn last(rx: &mut Receiver<Outgoing>) -> Option<Outgoing> {
 
 #[test]
 fn keys_project_and_watch_suppresses() {
-    let hub = Hub::new(10);
+    let hub = Hub::new(crate::hub::HubLimits::per_connection(10));
     let (conn, mut rx) = connect(&hub, 100);
     subscribe(&hub, conn, 1, subscription(json!({}), Some(&["a"]), Some(&["w"])));
     let row = |v: Value| image(v);
@@ -143,7 +143,7 @@ fn keys_project_and_watch_suppresses() {
 
 #[test]
 fn a_full_queue_disconnects_only_that_client() {
-    let hub = Hub::new(10);
+    let hub = Hub::new(crate::hub::HubLimits::per_connection(10));
     let (slow, mut slow_rx) = connect(&hub, 3);
     let (fast, mut fast_rx) = connect(&hub, 100);
     subscribe(&hub, slow, 1, subscription(json!({}), None, None));
@@ -161,7 +161,7 @@ fn a_full_queue_disconnects_only_that_client() {
 
 #[test]
 fn unsubscribe_replace_and_disconnect_leave_nothing_behind() {
-    let hub = Hub::new(2);
+    let hub = Hub::new(crate::hub::HubLimits::per_connection(2));
     let (conn, _rx) = connect(&hub, 100);
     subscribe(&hub, conn, 1, subscription(json!({"a": 1}), None, None));
     subscribe(&hub, conn, 1, subscription(json!({"a": 2}), None, None));
@@ -177,7 +177,7 @@ fn unsubscribe_replace_and_disconnect_leave_nothing_behind() {
     assert!(!hub.unsubscribe(conn, &RequestId::from(2)));
     hub.disconnect(conn);
     assert_eq!(hub.stats(), HubStats::default());
-    assert!(hub.read().classes.is_empty());
+    assert!(hub.read().shared.classes.is_empty());
 }
 
 /// The index only narrows: on random queries and changes, every subscription receives exactly
@@ -186,7 +186,7 @@ fn unsubscribe_replace_and_disconnect_leave_nothing_behind() {
 fn indexed_fan_out_equals_brute_force() {
     let mut rng = crate::testing::Rng::new(1);
     let mut next = move |n: u64| rng.next() % n;
-    let hub = Hub::new(10_000);
+    let hub = Hub::new(crate::hub::HubLimits::per_connection(10_000));
     let (conn, mut rx) = connect(&hub, 1_000_000);
     let mut queries = Vec::new();
     for id in 0..300 {
@@ -231,4 +231,53 @@ fn indexed_fan_out_equals_brute_force() {
         assert_eq!(got, expected, "change {old} -> {new}");
         old = new;
     }
+}
+
+#[test]
+fn unindexed_queries_are_budgeted_per_connection_and_in_all() {
+    let limits = HubLimits { subscriptions_per_connection: 100, scanned_per_connection: 2, scanned_total: 3 };
+    let hub = Hub::new(limits);
+    let (a, _a_rx) = connect(&hub, 100);
+    let (b, _b_rx) = connect(&hub, 100);
+    let (c, _c_rx) = connect(&hub, 100);
+    let scan = |n: i64| subscription(json!({"n": {"$gt": n}}), None, None);
+    let try_subscribe = |conn, id: i64, sub| hub.subscribe(conn, RequestId::from(id), sub, Start::Now).map(|_| ());
+    assert_eq!(try_subscribe(a, 1, scan(1)), Ok(()));
+    assert_eq!(try_subscribe(a, 2, scan(2)), Ok(()));
+    assert_eq!(try_subscribe(a, 3, scan(3)), Err(SubscribeError::TooManyScannedQueries { limit: 2 }));
+    assert_eq!(try_subscribe(a, 3, subscription(json!({"room": "x"}), None, None)), Ok(()), "indexed ones are free");
+    assert_eq!(try_subscribe(a, 2, scan(2)), Ok(()), "replacing one keeps the count");
+    // Identical queries are one evaluation: joining a held one costs nothing in all.
+    assert_eq!(try_subscribe(b, 1, scan(1)), Ok(()));
+    assert_eq!(try_subscribe(b, 2, scan(3)), Ok(()));
+    assert_eq!(try_subscribe(c, 1, scan(4)), Err(SubscribeError::TooManyScannedQueriesInAll { limit: 3 }));
+    let refusal = SubscribeError::TooManyScannedQueriesInAll { limit: 3 }.refusal().unwrap();
+    assert_eq!(refusal.code, 155);
+    hub.disconnect(a);
+    assert_eq!(try_subscribe(c, 1, scan(4)), Ok(()), "a's scanned query n > 2 left with it");
+    hub.disconnect(b);
+    hub.disconnect(c);
+    assert_eq!(hub.read().shared.scanned_groups, 0);
+}
+
+#[test]
+fn equal_projections_share_one_payload() {
+    let hub = Hub::new(HubLimits::per_connection(10));
+    let (a, mut a_rx) = connect(&hub, 100);
+    let (b, mut b_rx) = connect(&hub, 100);
+    subscribe(&hub, a, 1, subscription(json!({}), Some(&["b", "a"]), None));
+    subscribe(&hub, b, 1, subscription(json!({}), Some(&["a", "b", "a"]), None));
+    assert_eq!(hub.read().shared.projections.len(), 1, "one interned list");
+    let row = image(json!({"className": "Msg", "objectId": "1", "a": 1, "b": 2, "c": 3}));
+    hub.publish(&change(ChangeKind::Insert, None, row));
+    let payload = |rx: &mut crate::hub::Queue| match last(rx) {
+        Some(Outgoing::Event(d)) => d.payload,
+        other => panic!("expected an event, got {other:?}"),
+    };
+    let (pa, pb) = (payload(&mut a_rx), payload(&mut b_rx));
+    assert!(Arc::ptr_eq(&pa, &pb), "encoded once");
+    assert_eq!(serde_json::from_str::<Value>(&pa.object).unwrap(), json!({"className": "Msg", "objectId": "1", "a": 1, "b": 2}));
+    hub.disconnect(a);
+    hub.disconnect(b);
+    assert!(hub.read().shared.projections.is_empty(), "a projection nobody uses is forgotten");
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, AdmissionLimits};
 use crate::auth::rules::ClassRules;
 use crate::auth::{Identity, TokenError, TokenResolver};
 use crate::catchup::{Catchup, HistoryBatch, HistoryError, HistorySource};
@@ -45,7 +45,7 @@ impl TokenResolver for TokenTable {
 pub struct QuietHistory(pub Arc<Hub>);
 
 impl HistorySource for QuietHistory {
-    fn read(&self, _after: i64, _upto: i64) -> BoxFuture<'_, Result<HistoryBatch, HistoryError>> {
+    fn read<'a>(&'a self, _after: i64, _upto: i64, _class: &'a str) -> BoxFuture<'a, Result<HistoryBatch, HistoryError>> {
         let epoch = self.0.position().epoch;
         Box::pin(async move { Ok(HistoryBatch { epoch, floor: 0, changes: Vec::new() }) })
     }
@@ -53,7 +53,7 @@ impl HistorySource for QuietHistory {
 
 /// The subscribe pipeline over `hub`, with `tokens`, class `rules` and default query limits.
 pub fn admission(hub: &Arc<Hub>, tokens: Arc<TokenTable>, rules: ClassRules) -> Arc<Admission> {
-    let catchup = Arc::new(Catchup::new(hub.clone(), Arc::new(QuietHistory(hub.clone()))));
-    let revalidate_every = Duration::from_secs(5);
-    Arc::new(Admission::new(hub.clone(), catchup, tokens, Arc::new(rules), QueryLimits::default(), revalidate_every))
+    let catchup = Arc::new(Catchup::new(hub.clone(), Arc::new(QuietHistory(hub.clone())), u64::MAX));
+    let limits = AdmissionLimits { query: QueryLimits::default(), field_list: 8, revalidate_every: Duration::from_secs(5) };
+    Arc::new(Admission::new(hub.clone(), catchup, tokens, Arc::new(rules), limits))
 }

@@ -29,14 +29,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use super::sleep_until;
 use crate::admission::{Admission, Refused, Started, SubscribeRequest};
 use crate::auth::{constant_time_eq, Identity, TokenError};
-use crate::hub::{ConnectionId, Delivery, Hub, Outbox, Outgoing, Subscription};
+use crate::hub::{ConnectionId, Delivery, Hub, Outbox, Outgoing, Queue, QueueBudget, Subscription};
 use crate::position::Position;
 use crate::protocol::{code, Refusal, RequestId};
 
@@ -64,7 +63,7 @@ pub struct SseSettings {
     pub admission: Arc<Admission>,
     pub master_key: Option<String>,
     pub config: SseConfig,
-    pub send_queue: usize,
+    pub send_queue: QueueBudget,
 }
 
 /// The URL parameters; unknown ones are refused so that a typo never widens a query.
@@ -281,7 +280,7 @@ impl Drop for Registration {
 
 struct Stream {
     first: Option<Bytes>,
-    queue: mpsc::Receiver<Outgoing>,
+    queue: Queue,
     outbox: Outbox,
     keepalive: Interval,
     check: Option<TokenCheck>,
@@ -307,7 +306,7 @@ impl TokenCheck {
 impl Stream {
     fn new(
         config: &SseConfig,
-        queue: mpsc::Receiver<Outgoing>,
+        queue: Queue,
         outbox: Outbox,
         check: Option<TokenCheck>,
         registration: Registration,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use super::sleep_until;
-use crate::hub::Outbox;
+use crate::hub::{Outbox, QueueBudget};
 use crate::session::{ParseSession, SessionSettings};
 
 /// The `[websocket]` section.
@@ -38,7 +38,7 @@ pub struct WsSettings {
     pub session: Arc<SessionSettings>,
     pub ping_interval: Duration,
     pub max_frame_bytes: usize,
-    pub send_queue: usize,
+    pub send_queue: QueueBudget,
 }
 
 pub async fn upgrade(

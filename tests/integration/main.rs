@@ -7,6 +7,7 @@ mod authorization;
 mod browser;
 mod browser_rules;
 mod feed;
+mod frames;
 mod identity;
 mod parse_sdk;
 mod queries;
