@@ -19,7 +19,9 @@ use crate::feed::{self, Feed};
 use crate::http::cors;
 use crate::http::{self, HealthState};
 use crate::hub::Hub;
+use crate::quota::Gate;
 use crate::session::SessionSettings;
+use crate::transport::frame_guard::ReceiveBudget;
 use crate::transport::sse::SseSettings;
 use crate::transport::ws::WsSettings;
 
@@ -130,7 +132,9 @@ fn serve(
     sessions: SessionStore,
     health: HealthState,
 ) -> Result<Server, StartError> {
-    let Settings { server, websocket, sse, send_queue, keys, origins, jwt, rules, .. } = settings;
+    let Settings { server, websocket, sse, send_queue, keys, origins, jwt, rules, connections, request_rate, .. } =
+        settings;
+    let gate = Gate::new(connections);
     let tokens = Arc::new(Authenticator::new(jwt, sessions));
     let limits = AdmissionLimits {
         query: settings.query_limits,
@@ -138,13 +142,20 @@ fn serve(
         revalidate_every: settings.revalidate_every,
     };
     let admission = Arc::new(Admission::new(hub, catchup, tokens, Arc::new(rules), limits));
-    let sse =
-        SseSettings { admission: admission.clone(), master_key: keys.master_key.clone(), config: sse, send_queue };
+    let master_key = keys.master_key.clone();
+    let sse = SseSettings { admission: admission.clone(), master_key, config: sse, send_queue, gate: gate.clone() };
     let ws = WsSettings {
-        session: Arc::new(SessionSettings { keys, admission }),
+        session: Arc::new(SessionSettings {
+            keys,
+            admission,
+            request_rate: request_rate.0,
+            request_burst: request_rate.1,
+        }),
         ping_interval: Duration::from_millis(websocket.timeout_ms),
         max_frame_bytes: websocket.max_frame_bytes,
+        receive_budget: Arc::new(ReceiveBudget::new(websocket.receive_buffer_bytes)),
         send_queue,
+        gate,
     };
     let origins = Arc::new(origins);
     let mut http = HttpServer::new(move || {

@@ -22,6 +22,7 @@ use crate::http::cors::{BrowserConfig, OriginPolicy};
 use crate::hub::{HubLimits, QueueBudget};
 use crate::protocol::KeyPairs;
 use crate::query::QueryLimits;
+use crate::quota::ConnectionLimits;
 use crate::transport::sse::SseConfig;
 use crate::transport::ws::WebSocketConfig;
 
@@ -77,6 +78,17 @@ pub struct LimitsConfig {
     pub field_list: usize,
     /// Most changes one resume replays; a client further behind gets an `expired` gap.
     pub replay_changes: u64,
+    /// Open connections (WebSocket and SSE) from one client address.
+    pub connections_per_ip: usize,
+    /// Open connections in all.
+    pub connections_total: usize,
+    /// Open SSE streams from one client address.
+    pub sse_streams_per_ip: usize,
+    /// Connection attempts per second from one client address (a burst of as many).
+    pub connection_rate_per_ip: u32,
+    /// `connect`/`subscribe`/`update` requests per second per connection, in bursts of up to
+    /// `subscriptions_per_connection` (what a reconnecting SDK sends at once).
+    pub request_rate: u32,
     /// Deepest nesting of `$or`/`$and`/`$nor` and operator objects in a `where`.
     pub query_depth: usize,
     /// Most elements in an `$in`/`$nin`/`$all`/`$containedBy` list or `$polygon`.
@@ -91,12 +103,17 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             send_queue: 8_192,
-            send_queue_bytes: 4 * 1024 * 1024,
+            send_queue_bytes: 16 * 1024 * 1024,
             subscriptions_per_connection: 100,
             scanned_queries_per_connection: 50,
             scanned_queries_total: 2_000,
             field_list: 256,
             replay_changes: 100_000,
+            connections_per_ip: 8_000,
+            connections_total: 16_000,
+            sse_streams_per_ip: 1_000,
+            connection_rate_per_ip: 2_000,
+            request_rate: 20,
             query_depth: 10,
             in_list: 1_000,
             regex_bytes: 1_024,
@@ -138,6 +155,9 @@ pub struct Settings {
     pub field_list: usize,
     /// Most changes one resume replays.
     pub replay_changes: u64,
+    pub connections: ConnectionLimits,
+    /// Per-connection request rate and burst.
+    pub request_rate: (u32, u32),
     pub keys: KeyPairs,
     pub origins: OriginPolicy,
     pub jwt: Option<JwtVerifier>,
@@ -205,6 +225,7 @@ impl Config {
                 max_in_list: limits.in_list,
                 max_regex_bytes: limits.regex_bytes,
                 max_regexes: limits.regexes_per_query,
+                ..QueryLimits::default()
             },
             send_queue: QueueBudget { frames: limits.send_queue, bytes: limits.send_queue_bytes },
             hub: HubLimits {
@@ -214,6 +235,16 @@ impl Config {
             },
             field_list: limits.field_list,
             replay_changes: limits.replay_changes,
+            request_rate: (
+                limits.request_rate,
+                u32::try_from(limits.subscriptions_per_connection).unwrap_or(u32::MAX).max(limits.request_rate),
+            ),
+            connections: ConnectionLimits {
+                per_ip: limits.connections_per_ip,
+                total: limits.connections_total,
+                sse_per_ip: limits.sse_streams_per_ip,
+                attempts_per_second_per_ip: limits.connection_rate_per_ip,
+            },
             revalidate_every: Duration::from_millis(self.sessions.cache_ttl_ms.max(100)),
             server: self.server,
             database: self.database,
@@ -241,6 +272,7 @@ impl Config {
             ("sse.retry_ms", self.sse.retry_ms),
             ("websocket.timeout_ms", self.websocket.timeout_ms),
             ("websocket.max_frame_bytes", self.websocket.max_frame_bytes as u64),
+            ("websocket.receive_buffer_bytes", self.websocket.receive_buffer_bytes as u64),
             ("limits.send_queue", self.limits.send_queue as u64),
             ("limits.send_queue_bytes", self.limits.send_queue_bytes as u64),
             ("limits.subscriptions_per_connection", self.limits.subscriptions_per_connection as u64),
@@ -248,6 +280,11 @@ impl Config {
             ("limits.scanned_queries_total", self.limits.scanned_queries_total as u64),
             ("limits.field_list", self.limits.field_list as u64),
             ("limits.replay_changes", self.limits.replay_changes),
+            ("limits.connections_per_ip", self.limits.connections_per_ip as u64),
+            ("limits.connections_total", self.limits.connections_total as u64),
+            ("limits.sse_streams_per_ip", self.limits.sse_streams_per_ip as u64),
+            ("limits.connection_rate_per_ip", u64::from(self.limits.connection_rate_per_ip)),
+            ("limits.request_rate", u64::from(self.limits.request_rate)),
             ("limits.query_depth", self.limits.query_depth as u64),
             ("limits.in_list", self.limits.in_list as u64),
             ("limits.regex_bytes", self.limits.regex_bytes as u64),

@@ -8,6 +8,7 @@
 //! - [`catchup`]: replays missed changes for a resuming subscription, then hands it to the hub.
 //! - [`admission`]: the subscribe pipeline both transports share (query, position, token, class
 //!   rules, start now or through catch-up).
+//! - [`quota`]: connections per client address and in total, connection attempts per second.
 //! - [`position`]: stream positions (`<offset>-<epoch>`) and gap reasons (pure).
 //! - [`session`]: one Parse LiveQuery connection's state machine (no socket I/O).
 //! - [`protocol`]: Parse wire messages, validation and error codes (pure).
@@ -30,6 +31,7 @@ pub mod hub;
 pub mod position;
 pub mod protocol;
 pub mod query;
+pub mod quota;
 pub mod session;
 pub mod telemetry;
 #[cfg(test)]

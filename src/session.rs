@@ -21,6 +21,7 @@ use crate::admission::{Admission, Refused, Started, SubscribeRequest};
 use crate::auth::{self, check_keys, Identity, KeyCheck, TokenError};
 use crate::hub::{ConnectionId, Hub, Outbox, Outgoing};
 use crate::position::Position;
+use crate::quota::TokenBucket;
 use crate::protocol::{
     self, code, decode, encode_error, encode_reply, Connect, Decoded, KeyPairs, Refusal, Reply, Request, RequestId,
     Subscribe,
@@ -31,6 +32,10 @@ use crate::protocol::{
 pub struct SessionSettings {
     pub keys: KeyPairs,
     pub admission: Arc<Admission>,
+    /// `connect`, `subscribe` and `update` requests per second (`limits.request_rate`), with
+    /// bursts of `request_burst` (a reconnecting SDK re-sends every subscription at once).
+    pub request_rate: u32,
+    pub request_burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -70,12 +75,15 @@ pub struct ParseSession {
     /// Subscriptions whose identity lapsed, and the position each stopped at.
     suspended: HashMap<RequestId, Position>,
     last_check: Instant,
+    /// Requests that cost work (token lookups, query compilation).
+    requests: TokenBucket,
 }
 
 impl ParseSession {
     pub fn new(settings: Arc<SessionSettings>, outbox: Outbox) -> ParseSession {
         let hub = settings.admission.hub().clone();
         let connection = hub.register(outbox.clone());
+        let requests = TokenBucket::with_burst(settings.request_rate, settings.request_burst);
         ParseSession {
             hub,
             settings,
@@ -86,6 +94,7 @@ impl ParseSession {
             held: HashMap::new(),
             suspended: HashMap::new(),
             last_check: Instant::now(),
+            requests,
         }
     }
 
@@ -94,6 +103,9 @@ impl ParseSession {
         match decode(text) {
             Decoded::Ignored => tracing::debug!(connection = self.connection, "ignored a frame that is not JSON"),
             Decoded::Invalid(message) => self.error(code::SCHEMA, &message, true, None),
+            Decoded::Refused { request_id, refusal } => {
+                self.outbox.push(Outgoing::Text(refusal_text(&refusal, &request_id)));
+            }
             Decoded::Request(request) => self.on_request(request).await,
         }
     }
@@ -143,6 +155,9 @@ impl ParseSession {
     }
 
     async fn on_request(&mut self, request: Request) {
+        if !matches!(request, Request::Unsubscribe { .. }) && !self.requests.take() {
+            return self.too_many_requests(&request);
+        }
         match request {
             Request::Connect(connect) => self.connect(connect).await,
             Request::Subscribe(subscribe) if self.client.is_some() => self.subscribe(subscribe).await,
@@ -214,6 +229,9 @@ impl ParseSession {
         self.held.remove(&request_id);
         let suspended_at = self.suspended.remove(&request_id);
         if let Err(refused) = self.admit(request, suspended_at).await {
+            // The replacement failed, so nothing holds the requestId: the old subscription goes
+            // too (it is no longer tracked for token re-checks).
+            self.hub.unsubscribe(self.connection, &request_id);
             if let Some(refusal) = refused.refusal() {
                 self.outbox.push(Outgoing::Text(refusal_text(&refusal, &request_id)));
             }
@@ -355,6 +373,17 @@ impl ParseSession {
         }
     }
 
+    /// A request past the rate: refused with 155, the connection kept.
+    fn too_many_requests(&self, request: &Request) {
+        let request_id = match request {
+            Request::Subscribe(s) | Request::Update(s) => Some(&s.request_id),
+            Request::Connect(_) | Request::Unsubscribe { .. } => None,
+        };
+        let rate = self.settings.request_rate;
+        let message = format!("Too many requests on this connection (limits.request_rate = {rate} per second)");
+        self.error(code::LIMIT_EXCEEDED, &message, false, request_id);
+    }
+
     fn not_connected(&self, action: &str) {
         self.error(
             code::NOT_FOUND,
@@ -430,7 +459,8 @@ mod tests {
         let tokens = Arc::new(TokenTable::default());
         let (outbox, rx) = Outbox::new(crate::hub::QueueBudget::frames(64));
         let admission = testing::admission(&hub, tokens.clone(), ClassRules::default());
-        let session = ParseSession::new(Arc::new(SessionSettings { keys, admission }), outbox);
+        let settings = SessionSettings { keys, admission, request_rate: 5, request_burst: 20 };
+        let session = ParseSession::new(Arc::new(settings), outbox);
         Harness { session, rx, hub, tokens }
     }
 
@@ -595,6 +625,37 @@ mod tests {
             (r[1]["code"].as_i64(), r[1]["requestId"].as_i64(), r[1]["error"].as_str()),
             (Some(102), Some(4), Some("keys lists 9 fields, more than limits.field_list (8)"))
         );
+        assert_eq!(hub.stats().subscriptions, 0);
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_rate_are_refused_and_the_connection_stays() {
+        let (mut s, mut rx, hub) = session(KeyPairs::default());
+        s.on_text(CONNECT).await;
+        for id in 1..=25 {
+            s.on_text(&format!(r#"{{"op":"subscribe","requestId":{id},"query":{{"className":"Msg","where":{{"n":{id}}}}}}}"#))
+                .await;
+        }
+        let r = frames(&s, &mut rx);
+        let refused: Vec<_> =
+            r.iter().filter(|f| f["error"].as_str().is_some_and(|e| e.contains("request_rate"))).collect();
+        // A burst of 20 (the connect took one), then the rate of 5 a second: no time has passed.
+        assert_eq!(refused.len(), 6, "{r:?}");
+        assert_eq!(refused[0]["error"], "Too many requests on this connection (limits.request_rate = 5 per second)");
+        assert_eq!(refused[0]["requestId"], 20);
+        assert_eq!(hub.stats().subscriptions, 5, "the hub limit of this harness is 5 anyway");
+        s.on_text(r#"{"op":"unsubscribe","requestId":1}"#).await;
+        assert_eq!(frames(&s, &mut rx)[0]["op"], "unsubscribed", "unsubscribes are never refused");
+    }
+
+    #[tokio::test]
+    async fn a_failed_resubscribe_leaves_no_untracked_subscription() {
+        let (mut s, mut rx, hub) = session(KeyPairs::default());
+        s.on_text(CONNECT).await;
+        s.on_text(SUBSCRIBE).await;
+        s.on_text(r#"{"op":"subscribe","requestId":1,"query":{"className":"Msg","where":{"a":{"$bogus":1}}}}"#).await;
+        let r = frames(&s, &mut rx);
+        assert_eq!((r[2]["code"].as_i64(), r[2]["requestId"].as_i64()), (Some(102), Some(1)));
         assert_eq!(hub.stats().subscriptions, 0);
     }
 }

@@ -3,6 +3,10 @@
 //! signature under a pinned algorithm that must fit the chosen key, its time and issuer/audience
 //! claims, and turning it into [`Claims`]. Also owns the cheap shape test that tells a JWT from an
 //! opaque session token. Nothing here does network I/O: keys come from local files only.
+//!
+//! The clock leeway is applied here once: [`Claims::expires_at`] of a verified token is its `exp`
+//! plus `leeway_secs`, the instant it stops being accepted, so that every later decision about
+//! its expiry (the identity check, the re-check timer) agrees with this verification.
 
 use std::fmt;
 use std::str::FromStr;
@@ -59,7 +63,8 @@ pub struct JwtConfig {
     /// When non-empty, `aud` must be present and contain one of these. When empty, `aud` is
     /// not checked.
     pub audiences: Vec<String>,
-    /// Clock leeway for `exp` and `nbf`, in seconds (at most 3600).
+    /// Clock leeway for `exp` and `nbf`, in seconds (at most 3600): a token is accepted until
+    /// `exp + leeway_secs`, at connect and subscribe as in re-checks while connected.
     pub leeway_secs: u64,
     /// Claim holding the user id; must be a non-empty string in the token.
     pub user_claim: String,
@@ -179,6 +184,8 @@ pub struct JwtVerifier {
     validations: Vec<(Algorithm, Validation)>,
     user_claim: String,
     roles_claim: String,
+    /// `leeway_secs`, added to `exp` in [`Claims::expires_at`].
+    leeway: Duration,
 }
 
 impl JwtVerifier {
@@ -236,12 +243,14 @@ impl JwtVerifier {
             validations,
             user_claim: config.user_claim.clone(),
             roles_claim: config.roles_claim.clone(),
+            leeway: Duration::from_secs(config.leeway_secs),
         }))
     }
 
-    /// Checks `token` and returns who it names. The header's `alg` must be pinned and must fit
-    /// the key: the key is the one named by `kid`, or else each key without a `kid` (or, for a
-    /// token without `kid`, each key) that fits `alg`, up to a small bound.
+    /// Checks `token` and returns who it names, and until when it is accepted (`exp` plus the
+    /// leeway). The header's `alg` must be pinned and must fit the key: the key is the one named
+    /// by `kid`, or else each key without a `kid` (or, for a token without `kid`, each key) that
+    /// fits `alg`, up to a small bound.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(invalid("token is too long"));
@@ -327,7 +336,10 @@ impl JwtVerifier {
         };
         let expires_at = match claims.get("exp") {
             None | Some(Value::Null) => None,
-            Some(exp) => Some(exp_time(exp).ok_or_else(|| invalid("\"exp\" claim is out of range"))?),
+            Some(exp) => {
+                let accepted_until = exp_time(exp).and_then(|at| at.checked_add(self.leeway));
+                Some(accepted_until.ok_or_else(|| invalid("\"exp\" claim is out of range"))?)
+            }
         };
         Ok(Claims { user_id, roles, expires_at })
     }
@@ -742,7 +754,8 @@ mod tests {
             let got = v.verify(&token).unwrap_or_else(|e| panic!("{token}: {e}"));
             assert_eq!(got.user_id, "u1");
             assert!(got.roles.is_empty());
-            assert_eq!(got.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp)));
+            // Accepted until exp plus the default leeway of 30 s.
+            assert_eq!(got.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp + 30)));
         }
     }
 
@@ -851,6 +864,25 @@ mod tests {
         assert_eq!(far, "\"exp\" claim is out of range");
         let float = v.verify(&hs256(&json!({"sub": "u1", "exp": (now() + 60) as f64 + 0.5}))).unwrap();
         assert!(float.expires_at.is_some());
+    }
+
+    #[test]
+    fn expires_at_is_when_the_token_stops_being_accepted() {
+        let at = |secs: u64| Some(UNIX_EPOCH + Duration::from_secs(secs));
+        let exp = now() - 20;
+        let lenient = verifier(&config(&["HS256"], vec![secret(None)]));
+        let claims = lenient.verify(&hs256(&json!({"sub": "u1", "exp": exp}))).unwrap();
+        // Past its exp, within the leeway: accepted, and due to lapse when the leeway runs out.
+        assert_eq!(claims.expires_at, at(exp + 30));
+        assert!(claims.expires_at > Some(SystemTime::now()));
+        let short = verifier(&JwtConfig { leeway_secs: 5, ..config(&["HS256"], vec![secret(None)]) });
+        let exp = now() + 60;
+        assert_eq!(short.verify(&hs256(&json!({"sub": "u1", "exp": exp}))).unwrap().expires_at, at(exp + 5));
+        let strict = verifier(&JwtConfig { leeway_secs: 0, ..config(&["HS256"], vec![secret(None)]) });
+        assert_eq!(strict.verify(&hs256(&json!({"sub": "u1", "exp": exp}))).unwrap().expires_at, at(exp));
+        // No exp, no expiry, with or without leeway.
+        let lax = verifier(&JwtConfig { require_exp: false, ..config(&["HS256"], vec![secret(None)]) });
+        assert_eq!(lax.verify(&hs256(&json!({"sub": "u1"}))).unwrap().expires_at, None);
     }
 
     #[test]

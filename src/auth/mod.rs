@@ -21,6 +21,9 @@ use sessions::SessionStore;
 
 /// The longest a token lookup may hold up a client's frames before it counts as unavailable.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest gap between two checks of the tokens in use, so that a resolver that keeps
+/// accepting an identity already past its expiry cannot turn the re-check into a busy loop.
+const MIN_CHECK_GAP: Duration = Duration::from_millis(100);
 
 /// Turns presented tokens into identities: the seam between what holds a token (a WebSocket
 /// session, an SSE stream) and what checks it ([`Authenticator`] here, a table in unit tests).
@@ -28,11 +31,13 @@ pub trait TokenResolver: Send + Sync {
     fn identify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, TokenError>>;
 
     /// Checks a token in use again. An identity that cannot be checked right now (database
-    /// down) is kept: an outage does not count against the client. The master flag is kept.
+    /// down) is kept until its own expiry: an outage does not count against the client, nor
+    /// does it extend a token. The master flag is kept.
     fn recheck<'a>(&'a self, token: &'a str, current: &'a Identity) -> BoxFuture<'a, Result<Identity, TokenError>> {
         Box::pin(async move {
             match self.identify(token).await {
                 Ok(identity) => Ok(Identity { master: current.master, ..identity }),
+                Err(TokenError::Unavailable(_)) if lapsed(current.expires_at) => Err(TokenError::Expired),
                 Err(TokenError::Unavailable(why)) => {
                     tracing::warn!(why, "cannot re-check a token; keeping its identity for now");
                     Ok(current.clone())
@@ -64,7 +69,8 @@ impl Authenticator {
                 Err(_) => return Err(TokenError::Unavailable("session lookup timed out".into())),
             },
         };
-        if claims.expires_at.is_some_and(|at| at <= std::time::SystemTime::now()) {
+        // `expires_at` already includes a JWT's leeway, so this agrees with the verifier.
+        if lapsed(claims.expires_at) {
             return Err(TokenError::Expired);
         }
         let graph = match tokio::time::timeout(LOOKUP_TIMEOUT, self.sessions.role_graph()).await {
@@ -86,16 +92,21 @@ impl TokenResolver for Authenticator {
     }
 }
 
-/// When a token in use should next be checked: every `every`, and at its expiry — but not
-/// sooner than a second after the last check, since a token within its verifier's clock leeway
-/// stays valid for a little while past its expiry.
+/// Whether an expiry (the instant a token stops being accepted) has come.
+fn lapsed(expires_at: Option<std::time::SystemTime>) -> bool {
+    expires_at.is_some_and(|at| at <= std::time::SystemTime::now())
+}
+
+/// When a token in use should next be checked: every `every`, and at its expiry, which for a
+/// JWT already includes the clock leeway (so the check at that instant refuses it), but never
+/// sooner than [`MIN_CHECK_GAP`] after the last check.
 pub fn next_check(identity: &Identity, last: tokio::time::Instant, every: Duration) -> tokio::time::Instant {
     let due = last + every;
     match identity.expires_at {
         None => due,
         Some(expires_at) => {
             let left = expires_at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
-            due.min((tokio::time::Instant::now() + left).max(last + Duration::from_secs(1)))
+            due.min((tokio::time::Instant::now() + left).max(last + MIN_CHECK_GAP))
         }
     }
 }
@@ -106,7 +117,8 @@ pub struct Claims {
     pub user_id: String,
     /// Role names without the `role:` prefix, as the token or session row lists them.
     pub roles: Vec<String>,
-    /// When the token or session stops being valid, if it ever does.
+    /// The instant the token stops being accepted, if it ever does: for a JWT its `exp` plus the
+    /// verifier's clock leeway, for a session its `expires_at` as stored (no leeway).
     pub expires_at: Option<std::time::SystemTime>,
 }
 
@@ -176,5 +188,50 @@ mod tests {
         let wrong = KeyPairs { javascript_key: Some("nope".into()), ..KeyPairs::default() };
         assert_eq!(check_keys(&configured, &wrong), KeyCheck::Refused);
         assert_eq!(check_keys(&configured, &KeyPairs::default()), KeyCheck::Refused);
+    }
+
+    fn expiring_in(secs: i64) -> Identity {
+        let now = std::time::SystemTime::now();
+        let at =
+            if secs >= 0 { now + Duration::from_secs(secs as u64) } else { now - Duration::from_secs(-secs as u64) };
+        Identity { user_id: Some("u1".into()), expires_at: Some(at), ..Identity::default() }
+    }
+
+    #[tokio::test]
+    async fn a_token_is_checked_at_its_expiry_or_every_interval() {
+        let now = tokio::time::Instant::now();
+        let every = Duration::from_secs(5);
+        let forever = Identity { user_id: Some("u1".into()), ..Identity::default() };
+        assert_eq!(next_check(&forever, now, every), now + every);
+        assert_eq!(next_check(&expiring_in(60), now, every), now + every);
+        // Due at the expiry (leeway included by the verifier), not a second later.
+        let due = next_check(&expiring_in(2), now, every);
+        let window = now + Duration::from_millis(1900)..now + Duration::from_millis(2100);
+        assert!(window.contains(&due), "{:?}", due - now);
+        // Already past: right after the last check, never in a tight loop.
+        assert_eq!(next_check(&expiring_in(-1), now, every), now + MIN_CHECK_GAP);
+    }
+
+    /// Resolves every token to the same outcome.
+    struct Always(Result<Identity, TokenError>);
+
+    impl TokenResolver for Always {
+        fn identify<'a>(&'a self, _token: &'a str) -> BoxFuture<'a, Result<Identity, TokenError>> {
+            Box::pin(async move { self.0.clone() })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outage_keeps_an_identity_only_until_its_expiry() {
+        let down = Always(Err(TokenError::Unavailable("database down".into())));
+        let valid = expiring_in(60);
+        assert_eq!(down.recheck("t", &valid).await, Ok(valid.clone()));
+        let forever = Identity { user_id: Some("u1".into()), ..Identity::default() };
+        assert_eq!(down.recheck("t", &forever).await, Ok(forever));
+        assert_eq!(down.recheck("t", &expiring_in(-1)).await, Err(TokenError::Expired));
+        // A checkable token decides for itself; the master flag stays the connection's.
+        let master = Identity { master: true, ..valid.clone() };
+        assert_eq!(Always(Ok(valid.clone())).recheck("t", &master).await, Ok(master));
+        assert_eq!(Always(Err(TokenError::Expired)).recheck("t", &valid).await, Err(TokenError::Expired));
     }
 }

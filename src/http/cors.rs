@@ -7,9 +7,21 @@
 //! installed in `app.rs`) runs it for every request, WebSocket upgrades included (those before
 //! the handshake, and without CORS headers). A refused request gets a JSON 403 and never reaches
 //! its handler.
+//!
+//! Which origins are the gateway's own is configuration (`public_origins`), never something a
+//! request says about itself. The Host header names whatever the page's address was: a page on
+//! `http://evil.example` whose name an attacker re-points at this gateway's address (DNS
+//! rebinding) sends `Host: evil.example` with `Origin: http://evil.example`, so a "same-origin"
+//! test built on Host would let any site in. The decision therefore reads neither Host nor
+//! `X-Forwarded-Host`, `X-Forwarded-Proto` or `Forwarded`, which any client can send too. The
+//! only other input is the address the server listens on (not the request's): without
+//! `public_origins`, a loopback listener's own origins are allowed (see [`is_loopback_own`]).
+//! Pages served by the gateway that only read need none of this: browsers send no Origin on a
+//! same-origin GET, so the demo page's EventSource passes as a request without an Origin.
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
@@ -25,14 +37,22 @@ use super::is_upgrade;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrowserConfig {
-    /// Origins allowed to use the HTTP/SSE endpoints cross-origin and to open WebSockets:
-    /// `scheme://host[:port]`, compared case-insensitively, default ports and a trailing slash
-    /// ignored. `"*"` allows any origin, answered with `Access-Control-Allow-Origin: *` and
-    /// without credentials; origins also listed explicitly keep their credentials. `"null"`
-    /// (sandboxed frames, `file:` pages) is allowed only when listed itself, never by `"*"`.
-    /// Empty (the default) means same-origin only: an Origin equal to the request's own
-    /// `scheme://Host` is always allowed.
+    /// Other sites' origins allowed to use the HTTP/SSE endpoints cross-origin and to open
+    /// WebSockets: `scheme://host[:port]`, compared case-insensitively, default ports and a
+    /// trailing slash ignored. `"*"` allows any origin, answered with
+    /// `Access-Control-Allow-Origin: *` and without credentials; origins also listed explicitly
+    /// (here or in `public_origins`) keep their credentials. `"null"` (sandboxed frames, `file:`
+    /// pages) is allowed only when listed itself, never by `"*"`. Empty (the default): no other
+    /// site.
     pub allowed_origins: Vec<String>,
+    /// The origins the gateway itself is served at, as browsers address it (behind a TLS proxy,
+    /// the proxy's `https://live.example.com`): pages there, such as the demo page, are allowed
+    /// exactly like `allowed_origins` entries, credentials included; only `http://` and
+    /// `https://` origins. Empty (the default): when the server listens on a loopback address,
+    /// `http://localhost:<port>` and `http://<listen address>:<port>`, nothing otherwise; a
+    /// non-empty list replaces that default. A request's Host header never makes an origin the
+    /// gateway's own.
+    pub public_origins: Vec<String>,
     /// Requests without an Origin header (native apps, curl, server to server) are allowed;
     /// when false they are refused with 403.
     pub allow_missing_origin: bool,
@@ -47,6 +67,7 @@ impl Default for BrowserConfig {
     fn default() -> Self {
         BrowserConfig {
             allowed_origins: Vec::new(),
+            public_origins: Vec::new(),
             allow_missing_origin: true,
             allow_credentials: true,
             max_age_secs: 600,
@@ -78,8 +99,10 @@ pub enum Decision {
 /// [`BrowserConfig`] in the form requests are checked against.
 #[derive(Debug, Clone)]
 pub struct OriginPolicy {
-    /// Listed origins, normalised; `"null"` kept as is.
+    /// Allowed and public origins, normalised; `"null"` kept as is.
     origins: HashSet<String>,
+    /// `public_origins` is empty, so a loopback listener's own origins stand in for it.
+    loopback_default: bool,
     any: bool,
     allow_missing: bool,
     credentials: bool,
@@ -87,7 +110,8 @@ pub struct OriginPolicy {
 }
 
 impl OriginPolicy {
-    /// Fails with a one-line message when an entry of `allowed_origins` is not an origin.
+    /// Fails with a one-line message when an entry of `allowed_origins` or `public_origins` is
+    /// not an origin of its kind.
     pub fn new(config: &BrowserConfig) -> Result<OriginPolicy, String> {
         let mut origins = HashSet::new();
         let mut any = false;
@@ -104,8 +128,12 @@ impl OriginPolicy {
                 }
             }
         }
+        for entry in &config.public_origins {
+            origins.insert(public_origin(entry)?);
+        }
         Ok(OriginPolicy {
             origins,
+            loopback_default: config.public_origins.is_empty(),
             any,
             allow_missing: config.allow_missing_origin,
             credentials: config.allow_credentials,
@@ -113,9 +141,9 @@ impl OriginPolicy {
         })
     }
 
-    /// The decision for a request carrying `origin` (its Origin header, if any) and arriving as
-    /// `own_origin` (`scheme://Host` of the request itself, when known).
-    pub fn check(&self, origin: Option<&str>, own_origin: Option<&str>) -> Decision {
+    /// The decision for a request carrying `origin` (its Origin header, if any) to a server
+    /// listening on `listener` (the bound address, which no request can change).
+    pub fn check(&self, origin: Option<&str>, listener: SocketAddr) -> Decision {
         let Some(origin) = origin else {
             return if self.allow_missing {
                 Decision::NoOrigin
@@ -126,8 +154,8 @@ impl OriginPolicy {
         let refused = || Decision::Refuse(format!("origin {origin} is not allowed"));
         let key = if origin == "null" { Some("null".to_string()) } else { normalise_origin(origin) };
         let Some(key) = key else { return refused() };
-        let same_origin = own_origin.and_then(normalise_origin).is_some_and(|own| own == key);
-        if same_origin || self.origins.contains(&key) {
+        let own = self.loopback_default && is_loopback_own(&key, listener);
+        if own || self.origins.contains(&key) {
             Decision::Allow { allow_origin: origin.to_string(), credentials: self.credentials }
         } else if self.any && key != "null" {
             // The spec forbids credentials with `*`; reflecting any origin with credentials
@@ -138,14 +166,15 @@ impl OriginPolicy {
         }
     }
 
-    /// The decision for an actix request: its Origin header against its own `scheme://Host`.
+    /// The decision for an actix request: its Origin header, and the address its server listens
+    /// on. Host and forwarding headers are not read (see the module doc).
     pub fn decide(&self, req: &HttpRequest) -> Decision {
         let origin = match req.headers().get(header::ORIGIN).map(|v| v.to_str()) {
             None => None,
             Some(Ok(origin)) => Some(origin),
             Some(Err(_)) => return Decision::Refuse("the Origin header is not valid".into()),
         };
-        self.check(origin, own_origin(req).as_deref())
+        self.check(origin, req.app_config().local_addr())
     }
 
     /// What the middleware does with a WebSocket upgrade: CORS does not apply to sockets, so
@@ -269,14 +298,37 @@ where
     }
 }
 
-/// The request's own origin: the scheme actix sees (TLS, or `Forwarded`/`X-Forwarded-Proto`
-/// from a proxy) and the Host header.
-fn own_origin(req: &HttpRequest) -> Option<String> {
-    let host = match req.headers().get(header::HOST) {
-        Some(host) => host.to_str().ok()?.to_string(),
-        None => req.uri().authority()?.as_str().to_string(),
+/// A `public_origins` entry, normalised. Pages are served over HTTP(S), and their WebSockets
+/// carry the page's origin, so a `ws://` entry (a common slip) could never match anything.
+fn public_origin(entry: &str) -> Result<String, String> {
+    if entry == "*" || entry == "null" {
+        return Err(format!(
+            "public_origins: {entry:?} is not an address the gateway is served at; list it in allowed_origins instead"
+        ));
+    }
+    let origin = normalise_origin(entry)
+        .ok_or_else(|| format!("public_origins: {entry:?} is not an origin (http[s]://host[:port])"))?;
+    if !origin.starts_with("http://") && !origin.starts_with("https://") {
+        return Err(format!("public_origins: {entry:?} is not an http:// or https:// origin"));
+    }
+    Ok(origin)
+}
+
+/// Whether `origin` (normalised) is one of a loopback `listener`'s own origins:
+/// `http://localhost:<port>` or `http://<listen address>:<port>`. Only browsers on this machine
+/// reach a loopback listener, and a page at that address and port is served by this gateway, so
+/// the default is safe without configuration. On any other address nothing is the gateway's
+/// own until `public_origins` says so: its public name is not something it can know.
+fn is_loopback_own(origin: &str, listener: SocketAddr) -> bool {
+    let address = match listener.ip() {
+        ip if !ip.is_loopback() => return false,
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
     };
-    Some(format!("{}://{host}", req.connection_info().scheme()))
+    let port = listener.port();
+    ["localhost", address.as_str()]
+        .iter()
+        .any(|host| normalise_origin(&format!("http://{host}:{port}")).as_deref() == Some(origin))
 }
 
 /// The requested header names, lowercased, when all are in [`ALLOWED_HEADERS`]; else why not.
@@ -349,10 +401,22 @@ fn forbidden(why: &str) -> HttpResponse {
 mod tests {
     use super::*;
 
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|o| o.to_string()).collect()
+    }
+
     fn policy(origins: &[&str]) -> OriginPolicy {
+        policy_with(origins, &[])
+    }
+
+    fn policy_with(allowed: &[&str], public: &[&str]) -> OriginPolicy {
         let config =
-            BrowserConfig { allowed_origins: origins.iter().map(|o| o.to_string()).collect(), ..Default::default() };
+            BrowserConfig { allowed_origins: strings(allowed), public_origins: strings(public), ..Default::default() };
         OriginPolicy::new(&config).unwrap()
+    }
+
+    fn listening(address: &str) -> SocketAddr {
+        address.parse().unwrap()
     }
 
     fn allow(origin: &str) -> Decision {
@@ -363,7 +427,8 @@ mod tests {
         Decision::Refuse(format!("origin {origin} is not allowed"))
     }
 
-    const OWN: Option<&str> = Some("http://gateway.example:8080");
+    /// A listener that is not on loopback: no origin is the gateway's own unless configured.
+    const OWN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(192, 0, 2, 1), 8080));
 
     #[test]
     fn listed_origins_match_exactly() {
@@ -413,8 +478,8 @@ mod tests {
         let p = policy(&["*"]);
         let any = Decision::Allow { allow_origin: "*".into(), credentials: false };
         assert_eq!(p.check(Some("https://anyone.example"), OWN), any);
-        // Listed and same-origin requests keep their credentials next to the wildcard.
-        let p = policy(&["*", "https://app.example"]);
+        // Listed and same-origin (public) requests keep their credentials next to the wildcard.
+        let p = policy_with(&["*", "https://app.example"], &["http://gateway.example:8080"]);
         assert_eq!(p.check(Some("https://app.example"), OWN), allow("https://app.example"));
         assert_eq!(p.check(Some("http://gateway.example:8080"), OWN), allow("http://gateway.example:8080"));
         assert_eq!(p.check(Some("https://other.example"), OWN), any);
@@ -424,22 +489,95 @@ mod tests {
     }
 
     #[test]
-    fn same_origin_is_always_allowed() {
-        let p = policy(&[]);
+    fn public_origins_are_the_gateways_own() {
+        // Was "same-origin is always allowed", judged against the request's own scheme://Host;
+        // the gateway's own origins are now configured, with the same normalisation.
+        let p = policy_with(&[], &["http://gateway.example:8080/", "HTTPS://gateway.example:443"]);
         assert_eq!(p.check(Some("http://gateway.example:8080"), OWN), allow("http://gateway.example:8080"));
-        assert_eq!(
-            p.check(Some("http://GATEWAY.example:8080"), Some("http://gateway.example:8080/")),
-            allow("http://GATEWAY.example:8080")
-        );
-        assert_eq!(
-            p.check(Some("https://gateway.example"), Some("https://gateway.example:443")),
-            allow("https://gateway.example")
-        );
+        assert_eq!(p.check(Some("http://GATEWAY.example:8080"), OWN), allow("http://GATEWAY.example:8080"));
+        assert_eq!(p.check(Some("https://gateway.example"), OWN), allow("https://gateway.example"));
         // Another scheme or port is another origin.
         assert_eq!(p.check(Some("https://gateway.example:8080"), OWN), refuse("https://gateway.example:8080"));
         assert_eq!(p.check(Some("http://gateway.example"), OWN), refuse("http://gateway.example"));
-        // Unknown own origin: nothing is same-origin.
-        assert_eq!(p.check(Some("http://gateway.example:8080"), None), refuse("http://gateway.example:8080"));
+        // Nothing configured and not on loopback: nothing is the gateway's own.
+        assert_eq!(policy(&[]).check(Some("http://gateway.example:8080"), OWN), refuse("http://gateway.example:8080"));
+    }
+
+    #[test]
+    fn a_loopback_listener_owns_its_loopback_origins_by_default() {
+        let p = policy(&[]);
+        let at = listening("127.0.0.1:8080");
+        for own in ["http://127.0.0.1:8080", "http://localhost:8080", "http://LocalHost:8080/"] {
+            assert_eq!(p.check(Some(own), at), allow(own), "{own}");
+        }
+        for other in [
+            "https://127.0.0.1:8080",
+            "http://127.0.0.1:8081",
+            "http://127.0.0.2:8080",
+            "http://[::1]:8080",
+            "http://localhost",
+            "http://evil.example:8080",
+        ] {
+            assert_eq!(p.check(Some(other), at), refuse(other), "{other}");
+        }
+        assert_eq!(p.check(Some("http://[::1]:9000"), listening("[::1]:9000")), allow("http://[::1]:9000"));
+        assert_eq!(p.check(Some("http://127.0.0.1:9000"), listening("[::1]:9000")), refuse("http://127.0.0.1:9000"));
+        // The default port is spelled away on both sides.
+        assert_eq!(p.check(Some("http://localhost"), listening("127.0.0.1:80")), allow("http://localhost"));
+        // Listening on every interface: the gateway's public name is unknown, nothing is its own.
+        assert_eq!(p.check(Some("http://localhost:8080"), listening("0.0.0.0:8080")), refuse("http://localhost:8080"));
+        // Configured public origins replace the default.
+        let p = policy_with(&[], &["https://live.example"]);
+        assert_eq!(p.check(Some("http://127.0.0.1:8080"), at), refuse("http://127.0.0.1:8080"));
+        assert_eq!(p.check(Some("https://live.example"), at), allow("https://live.example"));
+        // Listed origins do not: they are other sites.
+        assert_eq!(
+            policy(&["https://app.example"]).check(Some("http://localhost:8080"), at),
+            allow("http://localhost:8080")
+        );
+    }
+
+    #[test]
+    fn the_host_and_forwarding_headers_never_make_an_origin_allowed() {
+        use actix_web::test::TestRequest;
+        let rebinding = |origin: &str, host: &str| {
+            TestRequest::get()
+                .uri("/events/messages")
+                .insert_header((header::HOST, host))
+                .insert_header((header::ORIGIN, origin))
+                .insert_header(("X-Forwarded-Host", host))
+                .insert_header(("X-Forwarded-Proto", "https"))
+                .insert_header((header::FORWARDED, format!("proto=https;host={host}")))
+                .to_http_request()
+        };
+        for p in [policy(&[]), policy_with(&[], &["https://live.example"])] {
+            let decision = p.decide(&rebinding("http://evil.example", "evil.example"));
+            assert_eq!(decision, refuse("http://evil.example"));
+            let decision = p.decide(&rebinding("https://evil.example", "evil.example"));
+            assert_eq!(decision, refuse("https://evil.example"));
+        }
+        // The test server listens on 127.0.0.1:8080: its own origin passes whatever Host says,
+        // and so does a configured one.
+        let p = policy(&[]);
+        assert_eq!(p.decide(&rebinding("http://127.0.0.1:8080", "evil.example")), allow("http://127.0.0.1:8080"));
+        let p = policy_with(&[], &["https://live.example"]);
+        assert_eq!(p.decide(&rebinding("https://live.example", "live.example")), allow("https://live.example"));
+    }
+
+    #[test]
+    fn public_origins_must_be_http_origins() {
+        for (bad, why) in [
+            ("*", "is not an address the gateway is served at"),
+            ("null", "is not an address the gateway is served at"),
+            ("ws://live.example", "is not an http:// or https:// origin"),
+            ("capacitor://localhost", "is not an http:// or https:// origin"),
+            ("live.example", "is not an origin"),
+            ("https://live.example/app", "is not an origin"),
+        ] {
+            let config = BrowserConfig { public_origins: vec![bad.into()], ..Default::default() };
+            let err = OriginPolicy::new(&config).unwrap_err();
+            assert!(err.starts_with("public_origins: ") && err.contains(bad) && err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

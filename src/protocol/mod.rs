@@ -1,9 +1,16 @@
 //! The Parse LiveQuery wire protocol: client requests (validated the way Parse's tv4 schemas
 //! validate them, with the same first-error messages), server frames with Parse's exact key
 //! order, and error codes. Pure: no I/O, no hub.
+//!
+//! A requestId is a JavaScript number, as in Parse Server: [`RequestId`] compares by value and
+//! prints as JavaScript does (`number.rs`). A frame serde_json refuses only over a number beyond
+//! f64 is still answered (`literal.rs` finds such literals, see [`decode`]).
 
+mod literal;
+mod number;
 mod request;
 mod response;
+mod unique;
 
 pub use request::{decode, Connect, Decoded, KeyPairs, Request, Subscribe};
 pub use response::{encode_error, encode_event, encode_reply, EventOp, Reply};
@@ -49,40 +56,51 @@ impl Refusal {
     }
 }
 
-/// A client-chosen subscription id: any JSON number, echoed back exactly as received.
-/// Two ids are the same when JavaScript would print them the same.
+/// A client-chosen subscription id: a JSON number, which Parse Server (on Node) reads as a
+/// JavaScript number, an f64. Two ids are one when their values are (`1`, `1.0`, `1e0` and
+/// `10e-1`; `-0` and `0`), and an id is echoed as JavaScript prints it (`1e15` as
+/// `1000000000000000`, `-0` as `0`, ECMAScript's `Number::toString`).
 #[derive(Clone)]
 pub struct RequestId {
-    number: serde_json::Number,
+    /// Never `-0`, and one NaN (which a JSON number cannot be anyway), so that equal values have
+    /// equal bits.
+    value: f64,
     text: Arc<str>,
 }
 
 impl RequestId {
-    pub fn new(number: serde_json::Number) -> RequestId {
-        let text: Arc<str> = match number.as_f64() {
-            // 1.0 and 1 are one id in JavaScript, and it prints it "1".
-            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 && !number.is_i64() && !number.is_u64() => {
-                format!("{}", f as i64).into()
-            }
-            _ => number.to_string().into(),
+    /// The id JavaScript reads for the number `value`.
+    pub fn new(value: f64) -> RequestId {
+        let value = if value == 0.0 {
+            0.0
+        } else if value.is_nan() {
+            f64::NAN
+        } else {
+            value
         };
-        RequestId { number, text }
+        RequestId { value, text: number::js_number(value).into() }
     }
 
-    pub fn as_number(&self) -> &serde_json::Number {
-        &self.number
+    /// Its value (`0` for `-0`).
+    pub fn as_f64(&self) -> f64 {
+        self.value
+    }
+
+    /// The JSON text Parse Server writes for it.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 }
 
 impl From<i64> for RequestId {
     fn from(n: i64) -> Self {
-        RequestId::new(n.into())
+        RequestId::new(n as f64)
     }
 }
 
 impl PartialEq for RequestId {
     fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
+        self.value.to_bits() == other.value.to_bits()
     }
 }
 
@@ -90,7 +108,7 @@ impl Eq for RequestId {}
 
 impl Hash for RequestId {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.text.hash(state)
+        self.value.to_bits().hash(state)
     }
 }
 

@@ -1,8 +1,9 @@
 //! JavaScript's Number → String (ECMAScript `Number::toString(x)` in radix 10, §6.1.6.1.20):
 //! what `JSON.stringify` writes for a number, so what Parse Server, on Node, echoes for a
-//! requestId. The digits come from Rust's shortest round-trip form (`{:e}`, which picks the
-//! shortest digits that read back as `x`, the closest to `x` among them, as JavaScript does);
-//! only their layout differs: plain digits for `1e-6 <= |x| < 1e21`, else `d.ddde±n`.
+//! requestId. The digits are Rust's shortest round-trip digits (`{:e}`: the fewest digits that
+//! read back as `x`, the closest to `x` of those), except at an exact tie between two such
+//! candidates, where JavaScript takes the even one and Rust rounds up. Only their layout is
+//! JavaScript's own: plain digits for `1e-6 <= |x| < 1e21`, else `d.ddde±n`.
 
 /// The text `JSON.stringify(x)` writes: `0` for both zeros, `null` when not finite.
 pub(super) fn js_number(x: f64) -> String {
@@ -50,8 +51,8 @@ fn even_at_tie(x: f64, digits: String, n: i32) -> String {
     }
     let mut even: Vec<u8> = exact.as_bytes()[..k].to_vec();
     match even.last_mut() {
-        Some(last) if (*last - b'0') % 2 == 1 && *last < b'9' => *last += 1,
-        Some(last) if (*last - b'0') % 2 == 0 => {}
+        Some(last) if (*last - b'0').is_multiple_of(2) => {}
+        Some(last) if *last < b'9' => *last += 1,
         _ => return digits,
     }
     let even = String::from_utf8(even).unwrap_or_default();
@@ -90,7 +91,7 @@ mod tests {
     /// Each value and what Node prints for it (`JSON.stringify(x)`), checked with Node 18+.
     #[test]
     fn prints_numbers_as_javascript_does() {
-        let cases: [(f64, &str); 36] = [
+        let cases: &[(f64, &str)] = &[
             (0.0, "0"),
             (-0.0, "0"),
             (1.0, "1"),
@@ -125,10 +126,13 @@ mod tests {
             (1234.5678, "1234.5678"),
             (0.5, "0.5"),
             (4.35, "4.35"),
+            // Halfway between two shortest candidates: the even one.
+            (196880244311067.0 + 0.625, "196880244311067.62"),
+            (-954308723871.0 - 0.03125, "-954308723871.0312"),
             (f64::INFINITY, "null"),
             (f64::NAN, "null"),
         ];
-        for (x, text) in cases {
+        for &(x, text) in cases {
             assert_eq!(js_number(x), text, "{x:e}");
         }
     }

@@ -1,10 +1,20 @@
 //! Client → server requests. Validation mirrors Parse's `RequestSchema.js` as tv4 applies it:
 //! the general schema first, then the schema of the op; the first error wins, with tv4's message
 //! (required properties in schema order, then each property in the frame's key order).
+//! `keys`/`watch` uniqueness is tv4's check and message, in linear time (`unique.rs`).
+//!
+//! Numbers are read as JavaScript reads them. A fractional or huge `requestId` is taken from its
+//! literal (serde_json reads such digits only approximately). A number beyond f64 (`1e400`,
+//! Infinity to JavaScript) makes serde_json refuse the whole frame, which is then read again
+//! with `null` in its place (`literal.rs` finds it) and answered: inside a subscribe's or
+//! update's `query.where`, once the frame passes the schema, it is refused with 102 and the
+//! frame's requestId ([`Decoded::Refused`]); anywhere else the frame fails with code 1.
 
 use serde_json::{Map, Value};
 
-use super::RequestId;
+use super::literal::{literals, with_nulls, Literal, Place};
+use super::unique::first_duplicate;
+use super::{code, Refusal, RequestId};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -75,8 +85,16 @@ pub struct Subscribe {
 #[allow(clippy::large_enum_variant)] // short-lived, one per frame; boxing would buy nothing
 pub enum Decoded {
     Request(Request),
-    /// Failed schema validation: answer with code 1 and this message.
+    /// Failed schema validation, or holds a number beyond f64 outside a `where`: answer with
+    /// code 1 and this message.
     Invalid(String),
+    /// A subscribe or update that passed the schema but cannot be served as written (its
+    /// `where` holds a number beyond f64: 102): answer with this refusal and its requestId.
+    /// Decided here, before the session sees the request, so its state stays as it was.
+    Refused {
+        request_id: RequestId,
+        refusal: Refusal,
+    },
     /// Not JSON: Parse logs and drops it without a reply.
     Ignored,
 }
@@ -84,11 +102,48 @@ pub enum Decoded {
 /// Decodes and validates one text frame.
 pub fn decode(text: &str) -> Decoded {
     let Ok(value) = serde_json::from_str::<Value>(text) else {
-        return Decoded::Ignored;
+        return decode_out_of_range(text);
     };
-    match validate(&value) {
+    match validate(&value, text) {
         Ok(request) => Decoded::Request(request),
         Err(message) => Decoded::Invalid(message),
+    }
+}
+
+/// A frame serde_json refused: if only over numbers beyond f64, it is read with `null` in
+/// their place; inside a subscribe's or update's `query.where` they are a query the matcher
+/// cannot evaluate (102, after the schema), anywhere else a schema failure. Otherwise, or if it
+/// still does not parse, it is not JSON.
+fn decode_out_of_range(text: &str) -> Decoded {
+    let overflowing: Vec<Literal<'_>> = literals(text).filter(Literal::overflows).collect();
+    let Some(first) = overflowing.first() else {
+        return Decoded::Ignored;
+    };
+    let readable = with_nulls(text, &overflowing);
+    let Ok(value) = serde_json::from_str::<Value>(&readable) else {
+        return Decoded::Ignored;
+    };
+    let query_op = matches!(value.get("op").and_then(Value::as_str), Some("subscribe" | "update"));
+    let outside_where =
+        if query_op { overflowing.iter().find(|literal| literal.place != Place::Where) } else { Some(first) };
+    if let Some(literal) = outside_where {
+        return Decoded::Invalid(out_of_range(literal));
+    }
+    match validate(&value, &readable) {
+        Ok(Request::Subscribe(subscribe) | Request::Update(subscribe)) => Decoded::Refused {
+            request_id: subscribe.request_id,
+            refusal: Refusal::new(code::INVALID_QUERY, out_of_range(first)),
+        },
+        Ok(_) => Decoded::Invalid(out_of_range(first)), // not reached: the op is a query's
+        Err(message) => Decoded::Invalid(message),
+    }
+}
+
+/// `number 1e400 is out of range`, the literal cut to 64 characters.
+fn out_of_range(literal: &Literal<'_>) -> String {
+    match literal.text.get(..64) {
+        Some(head) if literal.text.len() > 64 => format!("number {head}… is out of range"),
+        _ => format!("number {} is out of range", literal.text),
     }
 }
 
@@ -200,19 +255,16 @@ fn check(value: &Value, schema: &Schema) -> Result<(), String> {
             if items.is_empty() {
                 return Err("Array is too short (0), minimum 1".into());
             }
-            for i in 0..items.len() {
-                for j in i + 1..items.len() {
-                    if items[i] == items[j] {
-                        return Err(format!("Array items are not unique (indices {i} and {j})"));
-                    }
-                }
+            if let Some((i, j)) = first_duplicate(items) {
+                return Err(format!("Array items are not unique (indices {i} and {j})"));
             }
             items.iter().try_for_each(|item| check(item, &Schema::String))
         }
     }
 }
 
-fn validate(value: &Value) -> Result<Request, String> {
+/// `text` is the frame `value` was read from, for the literal of a `requestId`.
+fn validate(value: &Value, text: &str) -> Result<Request, String> {
     // The general schema: an object with a string `op` from the enum.
     let Value::Object(map) = value else {
         return Err(invalid_type(value, "object"));
@@ -242,32 +294,42 @@ fn validate(value: &Value) -> Result<Request, String> {
         }
         "subscribe" | "update" => {
             check(value, &SUBSCRIBE)?;
-            let subscribe = subscribe_from(map);
+            let subscribe = subscribe_from(map, text);
             Ok(if op == "subscribe" { Request::Subscribe(subscribe) } else { Request::Update(subscribe) })
         }
         _ => {
             check(value, &UNSUBSCRIBE)?;
-            Ok(Request::Unsubscribe { request_id: request_id_of(map) })
+            Ok(Request::Unsubscribe { request_id: request_id_of(map, text) })
         }
     }
 }
 
-fn request_id_of(map: &Map<String, Value>) -> RequestId {
-    match map.get("requestId") {
-        Some(Value::Number(n)) => RequestId::new(n.clone()),
-        _ => RequestId::from(0),
-    }
+/// The frame's `requestId` as JavaScript reads it: integers serde_json read exactly are
+/// converted (rounding to the nearest f64 as JavaScript does), others read from the literal.
+fn request_id_of(map: &Map<String, Value>, text: &str) -> RequestId {
+    let Some(Value::Number(n)) = map.get("requestId") else {
+        return RequestId::from(0);
+    };
+    let value = if let Some(u) = n.as_u64() {
+        u as f64
+    } else if let Some(i) = n.as_i64() {
+        i as f64
+    } else {
+        let literal = literals(text).filter(|literal| literal.place == Place::RequestId).last();
+        literal.and_then(|literal| literal.value()).or(n.as_f64()).unwrap_or_default()
+    };
+    RequestId::new(value)
 }
 
 /// Builds a subscribe from a frame that passed the schema.
-fn subscribe_from(map: &Map<String, Value>) -> Subscribe {
+fn subscribe_from(map: &Map<String, Value>, text: &str) -> Subscribe {
     let query = map.get("query").and_then(Value::as_object);
     let field = |key: &str| query.and_then(|q| q.get(key));
     let strings = |key: &str| {
         field(key).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
     };
     Subscribe {
-        request_id: request_id_of(map),
+        request_id: request_id_of(map, text),
         class_name: field("className").and_then(Value::as_str).unwrap_or_default().to_string(),
         where_: field("where").and_then(Value::as_object).cloned().unwrap_or_default(),
         keys: strings("keys"),
@@ -373,11 +435,174 @@ mod tests {
         ));
     }
 
+    fn request_id(literal: &str) -> RequestId {
+        match decode(&format!(r#"{{"op":"unsubscribe","requestId":{literal}}}"#)) {
+            Decoded::Request(Request::Unsubscribe { request_id }) => request_id,
+            other => panic!("{literal}: {other:?}"),
+        }
+    }
+
     #[test]
-    fn request_ids_compare_like_javascript_numbers() {
-        let one: RequestId = RequestId::new(serde_json::from_str("1.0").unwrap());
-        assert_eq!(one, RequestId::from(1));
-        assert_eq!(one.to_string(), "1");
-        assert_eq!(one.as_number().to_string(), "1.0", "echoed back as sent");
+    fn request_ids_are_javascript_numbers() {
+        // Literal as sent → the id JavaScript reads, printed as JSON.stringify prints it (Node).
+        let cases = [
+            ("1", "1"),
+            ("1.0", "1"),
+            ("1e0", "1"),
+            ("10e-1", "1"),
+            ("1e15", "1000000000000000"),
+            ("1000000000000000", "1000000000000000"),
+            ("1000000000000000.0", "1000000000000000"),
+            ("-0", "0"),
+            ("-0.0", "0"),
+            ("0", "0"),
+            ("9007199254740993", "9007199254740992"),
+            ("9007199254740992", "9007199254740992"),
+            ("-9007199254740993", "-9007199254740992"),
+            ("18446744073709551615", "18446744073709552000"),
+            ("1e21", "1e+21"),
+            ("1000000000000000000000", "1e+21"),
+            ("123456789012345678901234567890123456789", "1.2345678901234568e+38"),
+            ("1234567890123456789012345678901234567890", "1.2345678901234568e+39"),
+            ("0.1", "0.1"),
+            ("1.5e-7", "1.5e-7"),
+            ("0.00000015", "1.5e-7"),
+            ("1.2e-7", "1.2e-7"),
+            ("5e-7", "5e-7"),
+            ("1e-400", "0"),
+            ("-1.5", "-1.5"),
+        ];
+        let ids: Vec<(RequestId, &str)> = cases.iter().map(|(literal, text)| (request_id(literal), *text)).collect();
+        for ((literal, _), (id, text)) in cases.iter().zip(&ids) {
+            assert_eq!(id.to_string(), *text, "{literal}");
+            assert_eq!(id.as_str(), *text, "{literal}");
+        }
+        // Equal exactly when printed alike, and hashed alike.
+        for (a, text_a) in &ids {
+            for (b, text_b) in &ids {
+                assert_eq!(a == b, text_a == text_b, "{a:?} vs {b:?}");
+            }
+        }
+        let distinct: std::collections::HashSet<&RequestId> = ids.iter().map(|(id, _)| id).collect();
+        let texts: std::collections::HashSet<&str> = ids.iter().map(|(_, text)| *text).collect();
+        assert_eq!(distinct.len(), texts.len());
+        assert_eq!(RequestId::from(1), request_id("1.0"));
+        assert_eq!(request_id("-0").as_f64().to_bits(), 0.0f64.to_bits());
+    }
+
+    #[test]
+    fn a_request_ids_literal_is_the_top_level_one() {
+        // Not a requestId nested elsewhere, nor one inside a string; the last of duplicates,
+        // as serde_json keeps it; an escaped key is the same key.
+        let frame = r#"{"op":"subscribe","requestId":0.5,"query":{"className":"A","where":{"requestId":7.5}},
+            "sessionToken":"\"requestId\":9.5","requestId":123456789012345678901234567890123456789}"#;
+        let Decoded::Request(Request::Subscribe(s)) = decode(frame) else { panic!("{:?}", decode(frame)) };
+        assert_eq!(s.request_id.as_str(), "1.2345678901234568e+38");
+        assert_eq!(request_id(r#"2.5,"request\u0049d":1.25"#).as_str(), "1.25");
+    }
+
+    fn refused(text: &str) -> (RequestId, Refusal) {
+        match decode(text) {
+            Decoded::Refused { request_id, refusal } => (request_id, refusal),
+            other => panic!("expected a refusal for {text}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_where_number_beyond_f64_is_refused_with_102() {
+        let (id, refusal) =
+            refused(r#"{"op":"subscribe","requestId":7,"query":{"className":"A","where":{"n":1e400}}}"#);
+        assert_eq!(id, RequestId::from(7));
+        assert_eq!(refusal, Refusal::new(code::INVALID_QUERY, "number 1e400 is out of range"));
+        assert!(!refusal.reconnect);
+        let (id, refusal) = refused(
+            r#"{"op":"update","requestId":1e15,"query":{"className":"A","where":{"$or":[{"n":{"$in":[1,-1e400]}}],"m":2E+999}}}"#,
+        );
+        assert_eq!(id.as_str(), "1000000000000000");
+        assert_eq!(refusal.message, "number -1e400 is out of range", "the first one is named");
+        let long = format!("1{}", "0".repeat(400));
+        let (_, refusal) = refused(&format!(
+            r#"{{"op":"subscribe","requestId":1,"query":{{"className":"A","where":{{"n":{long}}}}}}}"#
+        ));
+        assert_eq!(refusal.message, format!("number {}… is out of range", &long[..64]));
+    }
+
+    #[test]
+    fn numbers_beyond_f64_elsewhere_fail_the_schema() {
+        let cases = [
+            (
+                r#"{"op":"subscribe","requestId":1e400,"query":{"className":"A","where":{}}}"#,
+                "number 1e400 is out of range",
+            ),
+            (r#"{"op":"connect","applicationId":"a","x":-1e400}"#, "number -1e400 is out of range"),
+            (r#"{"op":"unsubscribe","requestId":1,"query":{"where":{"n":1e400}}}"#, "number 1e400 is out of range"),
+            (
+                r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":1e400}}"#,
+                "number 1e400 is out of range",
+            ),
+            (
+                r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{"n":1e400}},"x":1e999}"#,
+                "number 1e999 is out of range",
+            ),
+            // Schema errors of the frame come first, as in Parse.
+            (
+                r#"{"op":"subscribe","requestId":1,"query":{"where":{"n":1e400}}}"#,
+                "Missing required property: className",
+            ),
+            (
+                r#"{"op":"subscribe","requestId":"1","query":{"className":"A","where":{"n":1e400}}}"#,
+                "Invalid type: string (expected number)",
+            ),
+        ];
+        for (frame, message) in cases {
+            assert_eq!(invalid(frame), message, "frame {frame}");
+        }
+    }
+
+    #[test]
+    fn numbers_in_strings_and_other_broken_frames() {
+        let frame = r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{"n":"1e400","m":1e-400}}}"#;
+        let Decoded::Request(Request::Subscribe(s)) = decode(frame) else { panic!("{:?}", decode(frame)) };
+        assert_eq!(s.where_["n"], "1e400");
+        assert_eq!(s.where_["m"], 0.0);
+        // Broken apart from the number, or a number JSON does not allow: not JSON.
+        for text in [
+            r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{"n":1e400,}}}"#,
+            r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{"n":01e400}}}"#,
+            r#"{"op":"subscribe","requestId":1,"query":{"className":"A","where":{"n":1e400"#,
+            "1e400x",
+        ] {
+            assert_eq!(decode(text), Decoded::Ignored, "{text}");
+        }
+        assert_eq!(decode("1e400"), Decoded::Invalid("number 1e400 is out of range".into()));
+    }
+
+    #[test]
+    fn a_long_keys_list_is_checked_in_linear_time() {
+        let names: Vec<String> = (0..10_000).map(|i| format!("f{i}")).collect();
+        let list = serde_json::json!(names);
+        let started = std::time::Instant::now();
+        let checked = check(&list, &Schema::UniqueStrings);
+        let elapsed = started.elapsed();
+        println!("a 10,000-name list validated in {elapsed:?}");
+        assert_eq!(checked, Ok(()));
+        assert!(elapsed < std::time::Duration::from_secs(1), "took {elapsed:?}");
+
+        let frame = serde_json::json!({"op": "subscribe", "requestId": 1,
+            "query": {"className": "A", "where": {}, "keys": names, "watch": names}})
+        .to_string();
+        let started = std::time::Instant::now();
+        let decoded = decode(&frame);
+        println!("a {} KB frame with two such lists decoded in {:?}", frame.len() / 1024, started.elapsed());
+        let Decoded::Request(Request::Subscribe(s)) = decoded else { panic!("{decoded:?}") };
+        assert_eq!(s.keys.map(|k| k.len()), Some(10_000));
+
+        let mut repeated = names.clone();
+        repeated.push("f5".into());
+        repeated.push("f3".into());
+        let frame = serde_json::json!({"op": "subscribe", "requestId": 1,
+            "query": {"className": "A", "where": {}, "keys": repeated}})
+        .to_string();
+        assert_eq!(invalid(&frame), "Array items are not unique (indices 3 and 10001)");
     }
 }

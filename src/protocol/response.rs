@@ -63,8 +63,10 @@ fn head(out: &mut String, op: &str, client_id: &str, installation_id: Option<&st
     }
 }
 
+/// The requestId as JavaScript prints the number (`1e15` → `1000000000000000`, `-0` → `0`).
 fn push_request_id(out: &mut String, request_id: &RequestId) {
-    let _ = write!(out, ",\"requestId\":{}", request_id.as_number());
+    out.push_str(",\"requestId\":");
+    out.push_str(request_id.as_str());
 }
 
 fn push_position(out: &mut String, position: &str) {
@@ -107,9 +109,7 @@ pub fn encode_error(code: i64, message: &str, reconnect: bool, request_id: Optio
     push_str(&mut out, message);
     let _ = write!(out, ",\"code\":{code},\"reconnect\":{reconnect},\"requestId\":");
     match request_id {
-        Some(id) => {
-            let _ = write!(out, "{}", id.as_number());
-        }
+        Some(id) => out.push_str(id.as_str()),
         None => out.push_str("null"),
     }
     out.push('}');
@@ -186,5 +186,25 @@ mod tests {
             encode_reply(&Reply::Gap { request_id: &id, reason: "expired", position: "9-ab" }, "c1", None),
             r#"{"op":"gap","clientId":"c1","requestId":3,"reason":"expired","position":"9-ab"}"#
         );
+    }
+
+    #[test]
+    fn request_ids_are_written_as_javascript_prints_them() {
+        let cases = [(1e15, "1000000000000000"), (-0.0, "0"), (1e21, "1e+21"), (1.5, "1.5"), (5e-7, "5e-7")];
+        for (value, text) in cases {
+            let id = RequestId::new(value);
+            assert_eq!(
+                encode_reply(&Reply::Subscribed(&id), "c", None),
+                format!(r#"{{"op":"subscribed","clientId":"c","requestId":{text}}}"#)
+            );
+            assert_eq!(
+                encode_error(102, "m", false, Some(&id)),
+                format!(r#"{{"op":"error","error":"m","code":102,"reconnect":false,"requestId":{text}}}"#)
+            );
+            assert_eq!(
+                encode_event(EventOp::Create, "c", None, &id, "{}", None, None),
+                format!(r#"{{"op":"create","clientId":"c","requestId":{text},"object":{{}}}}"#)
+            );
+        }
     }
 }

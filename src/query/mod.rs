@@ -1,7 +1,10 @@
 //! Parse `where` JSON → a compiled query, and the matcher that evaluates it on one object.
 //! Pure and total: compiling validates the whole `where` and refuses what it cannot evaluate
 //! (code 102, naming the problem); matching never fails and never panics, and costs time linear
-//! in the query and the object (regular expressions use the `regex` crate: no backtracking).
+//! in the query and the object (regular expressions use `regex-automata`'s meta engine, the one
+//! behind the `regex` crate: no backtracking). No I/O; the one shared state is the process-wide
+//! table of compiled `$regex` patterns (`pattern`), which identical patterns share and which
+//! bounds their memory ([`QueryLimits`], [`Query::regex_memory`], [`pattern::live_memory`]).
 //!
 //! Supported: implicit equality and `$eq $ne $lt $lte $gt $gte $in $nin $all $containedBy
 //! $exists $regex/$options $nearSphere/$maxDistance… $within/$box $geoWithin/$polygon
@@ -16,21 +19,26 @@
 //! instants), a missing field never satisfies a comparison, `$regex` or `$all`, array fields
 //! match when any element does, `{field: null}` matches null or missing.
 //!
-//! Submodules: `operand` (constraint values and equality), `pattern` (`$regex`), `geo`
-//! (haversine and point in polygon as Parse's SDK computes them), `canonical` (dedupe key).
+//! Submodules: `operand` (constraint values and equality), `pattern` (`$regex`, the shared
+//! table of compiled patterns), `budget` (the `$regex` limits of one query), `geo` (haversine
+//! and point in polygon as Parse's SDK computes them), `canonical` (dedupe key).
 
+mod budget;
 mod canonical;
 mod geo;
 mod operand;
-mod pattern;
+pub mod pattern;
 
 pub use canonical::canonical_key;
 
-use regex::Regex;
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
+use budget::Regexes;
 use geo::Point;
 use operand::{Operand, Ordering};
+use pattern::{Pattern, Table};
 
 /// Limits applied while compiling, so a hostile `where` cannot cost unbounded work.
 #[derive(Debug, Clone, Copy)]
@@ -41,13 +49,27 @@ pub struct QueryLimits {
     pub max_in_list: usize,
     /// Length in bytes of one `$regex` pattern as written.
     pub max_regex_bytes: usize,
-    /// `$regex` patterns in one `where` (each may compile to up to 512 KiB).
+    /// `$regex` patterns in one `where` (each compiles to at most 512 KiB per direction).
     pub max_regexes: usize,
+    /// Memory in bytes that all distinct compiled `$regex` patterns live in the process may
+    /// account for (see [`pattern::Pattern::memory`]); a query whose new patterns would take
+    /// the total past it is refused. Patterns already live are shared and cost nothing new.
+    pub max_regex_memory_total: usize,
+    /// Memory in bytes the distinct `$regex` patterns of one query may account for, shared or
+    /// not ([`Query::regex_memory`]).
+    pub max_regex_memory_per_query: usize,
 }
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        QueryLimits { max_depth: 10, max_in_list: 1_000, max_regex_bytes: 1_024, max_regexes: 32 }
+        QueryLimits {
+            max_depth: 10,
+            max_in_list: 1_000,
+            max_regex_bytes: 1_024,
+            max_regexes: 32,
+            max_regex_memory_total: 256 << 20,
+            max_regex_memory_per_query: 16 << 20,
+        }
     }
 }
 
@@ -74,6 +96,8 @@ impl std::error::Error for QueryError {}
 #[derive(Debug, Clone)]
 pub struct Query {
     root: Vec<Node>,
+    /// What the distinct `$regex` patterns it holds account for.
+    regex_memory: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -96,11 +120,11 @@ enum Test {
     All(Vec<Operand>),
     /// `$all` of `{"$regex"}` objects (`containsAllStartingWith`): every pattern matches the
     /// value or one of its string elements.
-    AllMatch(Vec<Regex>),
+    AllMatch(Vec<Arc<Pattern>>),
     /// Every element of the (array) value is listed.
     ContainedBy(Vec<Operand>),
     Exists(bool),
-    Regex(Regex),
+    Regex(Arc<Pattern>),
     /// Haversine distance in radians at most `max_radians`: `$nearSphere` (infinite without a
     /// `$maxDistance…`) and `$geoWithin`/`$centerSphere`.
     Near {
@@ -121,8 +145,27 @@ const GEO_DISTANCES: [&str; 4] =
     ["$maxDistance", "$maxDistanceInRadians", "$maxDistanceInMiles", "$maxDistanceInKilometers"];
 
 impl Query {
+    /// Compiles `where_` within `limits`; its `$regex` patterns come from (and go into) the
+    /// process-wide table, shared with every other query using them.
     pub fn compile(where_: &Map<String, Value>, limits: QueryLimits) -> Result<Query, QueryError> {
-        Ok(Query { root: compile_conjunction(where_, limits, 1, &mut 0)? })
+        Query::compile_in(where_, limits, pattern::shared())
+    }
+
+    fn compile_in(
+        where_: &Map<String, Value>,
+        limits: QueryLimits,
+        table: &'static Table,
+    ) -> Result<Query, QueryError> {
+        let mut regexes = Regexes::new(table);
+        let root = compile_conjunction(where_, limits, 1, &mut regexes)?;
+        Ok(Query { root, regex_memory: regexes.finish(limits)? })
+    }
+
+    /// The memory accounted for by the distinct compiled `$regex` patterns this query holds
+    /// (each [`pattern::Pattern::memory`] once, whether or not other queries share it), for a
+    /// per-connection budget.
+    pub fn regex_memory(&self) -> usize {
+        self.regex_memory
     }
 
     /// Whether `object` (a Parse object as sent to clients) satisfies the query. `$relativeTime`
@@ -132,12 +175,12 @@ impl Query {
     }
 }
 
-/// `regexes` counts the patterns compiled so far in the whole `where`.
+/// `regexes` holds the patterns compiled so far in the whole `where`.
 fn compile_conjunction(
     where_: &Map<String, Value>,
     limits: QueryLimits,
     depth: usize,
-    regexes: &mut usize,
+    regexes: &mut Regexes,
 ) -> Result<Vec<Node>, QueryError> {
     if depth > limits.max_depth {
         return Err(QueryError(format!(
@@ -163,7 +206,7 @@ fn compile_logical(
     constraint: &Value,
     limits: QueryLimits,
     depth: usize,
-    regexes: &mut usize,
+    regexes: &mut Regexes,
 ) -> Result<Node, QueryError> {
     let Some(branches) = constraint.as_array().filter(|a| !a.is_empty()) else {
         return Err(QueryError(format!("{operator} must be a non-empty array")));
@@ -202,7 +245,7 @@ fn compile_field(
     field: &str,
     constraint: &Value,
     limits: QueryLimits,
-    regexes: &mut usize,
+    regexes: &mut Regexes,
 ) -> Result<Node, QueryError> {
     let path = field_path(field)?;
     let Some(operators) = operators_of(field, constraint)? else {
@@ -249,7 +292,7 @@ fn compile_operator(
     operand: &Value,
     operators: &Map<String, Value>,
     limits: QueryLimits,
-    regexes: &mut usize,
+    regexes: &mut Regexes,
 ) -> Result<Option<Test>, QueryError> {
     let fail = failure(field, op);
     let decode = |v: &Value| Operand::decode(v).map_err(fail);
@@ -304,7 +347,7 @@ fn compile_list(
     op: &str,
     operand: &Value,
     limits: QueryLimits,
-    regexes: &mut usize,
+    regexes: &mut Regexes,
 ) -> Result<Test, QueryError> {
     let list = bounded_list(field, op, operand, limits)?;
     Ok(match op {
@@ -334,7 +377,7 @@ fn decode_list(field: &str, op: &str, list: &[Value]) -> Result<Vec<Operand>, Qu
 }
 
 /// `$all`: values, or (Parse's `containsAllStartingWith`) `{"$regex": …}` objects only.
-fn compile_all(field: &str, list: &[Value], limits: QueryLimits, regexes: &mut usize) -> Result<Test, QueryError> {
+fn compile_all(field: &str, list: &[Value], limits: QueryLimits, regexes: &mut Regexes) -> Result<Test, QueryError> {
     let is_regex = |v: &Value| v.as_object().is_some_and(|m| m.contains_key("$regex"));
     let patterns = list.iter().filter(|v| is_regex(v)).count();
     if patterns == 0 {
@@ -365,19 +408,12 @@ fn compile_regex(
     pattern: &Value,
     options: &str,
     limits: QueryLimits,
-    regexes: &mut usize,
-) -> Result<Regex, QueryError> {
+    regexes: &mut Regexes,
+) -> Result<Arc<Pattern>, QueryError> {
     let Some(pattern) = pattern.as_str() else {
         return Err(QueryError(format!("{field}.$regex must be a string")));
     };
-    *regexes += 1;
-    if *regexes > limits.max_regexes {
-        return Err(QueryError(format!(
-            "{field}.$regex: more than {} regular expressions in one query",
-            limits.max_regexes
-        )));
-    }
-    pattern::compile(pattern, options, limits.max_regex_bytes).map_err(failure(field, "$regex"))
+    regexes.compile(field, pattern, options, limits)
 }
 
 /// The `$nearSphere` radius in radians from whichever one `$maxDistance…` is given.
@@ -547,7 +583,7 @@ fn any_candidate(value: Option<&Value>, test: impl Fn(&Value) -> bool) -> bool {
 }
 
 /// A string value, or a string element, matches.
-fn regex_matches(regex: &Regex, value: Option<&Value>) -> bool {
+fn regex_matches(regex: &Pattern, value: Option<&Value>) -> bool {
     any_candidate(value, |c| c.as_str().is_some_and(|s| regex.is_match(s)))
 }
 

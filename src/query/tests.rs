@@ -6,6 +6,8 @@ use super::*;
 use crate::testing::Rng;
 use crate::value::{format_instant, now_millis};
 
+mod patterns;
+
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap()
 }
@@ -723,7 +725,8 @@ fn limits_nesting_list_sizes_and_patterns() {
     let branches: Vec<Value> = (0..33).map(|i| json!({"a": {"$regex": format!("^{i}")}})).collect();
     assert!(compile(json!({"$or": branches})).is_err());
 
-    let tight = QueryLimits { max_depth: 2, max_in_list: 2, max_regex_bytes: 4, max_regexes: 1 };
+    let tight =
+        QueryLimits { max_depth: 2, max_in_list: 2, max_regex_bytes: 4, max_regexes: 1, ..QueryLimits::default() };
     let compile_tight = |v: Value| Query::compile(&obj(v), tight);
     assert!(compile_tight(json!({"a": {"$regex": "abcd"}})).is_ok());
     assert_eq!(

@@ -6,7 +6,10 @@
 //! [`FrameGuard`] sits between the request payload and `actix-ws`, reads each client frame
 //! header as it streams past ([`FrameScanner`], pure), and passes the bytes on unchanged. When a
 //! header announces more than the frame limit, or a fragment would take its message past the
-//! message limit, the guard stops the stream before that frame's payload is read.
+//! message limit, the guard stops the stream before that frame's payload is read. (What still
+//! gets read is bounded by actix-http, not by the frame: the chunk that held the header, the
+//! HTTP dispatcher's 32 KiB read-ahead, and after the close frame whatever the dispatcher
+//! discards during its lingering close, at most `client_disconnect_timeout`, 1 s by default.)
 //!
 //! It also keeps the bytes of frames still being received on all connections together within a
 //! [`ReceiveBudget`]: each connection holds a [`Reservation`] as large as its in-flight frame's
@@ -274,6 +277,10 @@ impl Reservation {
     /// Makes the share exactly `bytes`; false (and the share unchanged) when growing it would
     /// take the budget past its limit.
     pub fn resize(&mut self, bytes: usize) -> bool {
+        // Most chunks are the middle of a frame: leave the shared counter alone then.
+        if bytes == self.held {
+            return true;
+        }
         if bytes > self.held {
             if !self.budget.try_take(bytes - self.held) {
                 return false;
@@ -317,7 +324,13 @@ impl<S> FrameGuard<S> {
     pub fn new(inner: S, limits: FrameLimits, budget: Arc<ReceiveBudget>) -> (FrameGuard<S>, Verdict) {
         let verdict = Verdict::default();
         let scanner = FrameScanner::new(limits);
-        let guard = FrameGuard { inner, scanner, reservation: Reservation::new(budget), verdict: verdict.clone(), stopped: false };
+        let guard = FrameGuard {
+            inner,
+            scanner,
+            reservation: Reservation::new(budget),
+            verdict: verdict.clone(),
+            stopped: false,
+        };
         (guard, verdict)
     }
 
@@ -365,4 +378,300 @@ where
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use futures_util::{stream, StreamExt};
+
+    use super::*;
+
+    const TEXT: u8 = 0x1;
+    const BINARY: u8 = 0x2;
+    const CLOSE: u8 = 0x8;
+    const PING: u8 = 0x9;
+    const PONG: u8 = 0xa;
+    const KIB64: u64 = 64 * 1024;
+
+    fn limits(frame: u64, message: u64) -> FrameLimits {
+        FrameLimits { frame, message }
+    }
+
+    /// A client frame header announcing `len` bytes, in the shortest encoding.
+    fn header(fin: bool, opcode: u8, len: u64, masked: bool) -> Vec<u8> {
+        let mask_bit = if masked { 0x80 } else { 0 };
+        let mut out = vec![if fin { 0x80 | opcode } else { opcode }];
+        match len {
+            0..=125 => out.push(mask_bit | len as u8),
+            126..=0xffff => {
+                out.push(mask_bit | 126);
+                out.extend((len as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(mask_bit | 127);
+                out.extend(len.to_be_bytes());
+            }
+        }
+        if masked {
+            out.extend([0x11, 0x22, 0x33, 0x44]);
+        }
+        out
+    }
+
+    /// A whole masked frame: header and `len` bytes of payload.
+    fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut out = header(fin, opcode, len as u64, true);
+        out.extend(std::iter::repeat_n(0xa5, len));
+        out
+    }
+
+    fn scan_all(scanner: &mut FrameScanner, chunks: &[&[u8]]) -> Result<u64, Refusal> {
+        let mut held = 0;
+        for chunk in chunks {
+            held = scanner.scan(chunk)?;
+        }
+        Ok(held)
+    }
+
+    #[test]
+    fn headers_of_every_length_encoding_parse() {
+        for (len, header_len) in [(0, 6), (125, 6), (126, 8), (65_535, 8), (65_536, 14), (1 << 40, 14)] {
+            let bytes = header(true, BINARY, len, true);
+            assert_eq!(bytes.len(), header_len, "len {len}");
+            let mut partial = PartialHeader::default();
+            assert_eq!(partial.fill(&bytes), header_len);
+            assert_eq!(partial.take(), Some(Header { fin: true, opcode: BINARY, len }));
+        }
+    }
+
+    #[test]
+    fn a_header_split_at_every_byte_is_the_same_header() {
+        for len in [5, 300, 70_000] {
+            for masked in [true, false] {
+                let bytes = header(false, TEXT, len, masked);
+                for split in 0..=bytes.len() {
+                    let mut partial = PartialHeader::default();
+                    let first = partial.fill(&bytes[..split]);
+                    assert_eq!(first, split);
+                    assert_eq!(partial.take().is_some(), split == bytes.len(), "split {split} of {len}");
+                    if split < bytes.len() {
+                        assert_eq!(partial.fill(&bytes[split..]), bytes.len() - split);
+                        assert_eq!(partial.take(), Some(Header { fin: false, opcode: TEXT, len }));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_takes_no_bytes_of_the_payload_after_it() {
+        let mut bytes = header(true, TEXT, 3, true);
+        bytes.extend(b"abc");
+        let mut partial = PartialHeader::default();
+        assert_eq!(partial.fill(&bytes), 6);
+    }
+
+    #[test]
+    fn a_stream_split_at_every_byte_admits_the_same_frames() {
+        let stream: Vec<u8> =
+            [frame(true, TEXT, 10), frame(true, PING, 0), frame(true, BINARY, 200), frame(true, TEXT, 70_000)].concat();
+        for split in 0..=stream.len() {
+            let mut scanner = FrameScanner::new(limits(KIB64 * 2, KIB64 * 2));
+            let (left, right) = stream.split_at(split);
+            assert_eq!(scan_all(&mut scanner, &[left, right]), Ok(0), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn a_stream_fed_byte_by_byte_tracks_the_frame_in_flight() {
+        let first = frame(true, TEXT, 300);
+        let stream = [first.clone(), frame(true, PONG, 4)].concat();
+        let mut scanner = FrameScanner::new(limits(KIB64, KIB64));
+        for (index, byte) in stream.iter().enumerate() {
+            let held = scanner.scan(std::slice::from_ref(byte)).unwrap();
+            let header_done = index + 1 >= 8;
+            let in_first = header_done && index + 1 < first.len();
+            let in_pong_payload = index + 1 >= first.len() + 6 && index + 1 < stream.len();
+            let expected = if in_first {
+                300
+            } else if in_pong_payload {
+                4
+            } else {
+                0
+            };
+            assert_eq!(held, expected, "after byte {index}");
+        }
+    }
+
+    #[test]
+    fn several_frames_in_one_chunk_are_all_followed() {
+        let chunk = [frame(true, PING, 3), frame(true, TEXT, 40), frame(true, PONG, 0), frame(true, CLOSE, 2)].concat();
+        let mut scanner = FrameScanner::new(limits(100, 100));
+        assert_eq!(scanner.scan(&chunk), Ok(0));
+        // And the next frame is judged on its own header.
+        assert_eq!(scanner.scan(&header(true, TEXT, 101, true)), Err(Refusal::FrameTooLarge));
+    }
+
+    #[test]
+    fn a_frame_at_the_limit_passes_and_one_byte_more_is_refused_from_its_header_alone() {
+        let mut scanner = FrameScanner::new(limits(KIB64, KIB64));
+        assert_eq!(scanner.scan(&header(true, TEXT, KIB64, true)), Ok(KIB64));
+        assert_eq!(scanner.scan(&vec![0; KIB64 as usize]), Ok(0));
+        assert_eq!(scanner.scan(&header(true, TEXT, KIB64 + 1, true)), Err(Refusal::FrameTooLarge));
+    }
+
+    #[test]
+    fn huge_announced_lengths_are_refused_before_any_payload() {
+        for len in [1 << 30, 1 << 62, (1 << 63) - 1, 1 << 63, u64::MAX] {
+            let mut scanner = FrameScanner::new(limits(KIB64, KIB64));
+            assert_eq!(scanner.scan(&header(true, BINARY, len, true)), Err(Refusal::FrameTooLarge), "len {len}");
+        }
+    }
+
+    #[test]
+    fn a_64_bit_length_with_its_top_bit_set_is_refused_whatever_the_limit() {
+        let mut scanner = FrameScanner::new(limits(u64::MAX, u64::MAX));
+        assert_eq!(scanner.scan(&header(true, BINARY, 1 << 63, true)), Err(Refusal::FrameTooLarge));
+        let mut scanner = FrameScanner::new(limits(u64::MAX, u64::MAX));
+        assert_eq!(scanner.scan(&header(true, BINARY, (1 << 63) - 1, true)), Ok((1 << 63) - 1));
+    }
+
+    #[test]
+    fn the_2_pow_62_header_is_refused_when_split_at_every_byte() {
+        let bytes = header(true, TEXT, 1 << 62, true);
+        for split in 1..bytes.len() {
+            let mut scanner = FrameScanner::new(limits(KIB64, KIB64));
+            assert_eq!(scanner.scan(&bytes[..split]), Ok(0), "split {split}");
+            assert_eq!(scanner.scan(&bytes[split..]), Err(Refusal::FrameTooLarge), "split {split}");
+        }
+    }
+
+    #[test]
+    fn unmasked_client_frames_are_measured_without_a_masking_key() {
+        let mut stream = header(true, TEXT, 5, false);
+        stream.extend(b"hello");
+        stream.extend(frame(true, TEXT, 7));
+        stream.extend(header(true, TEXT, 200, false));
+        let mut scanner = FrameScanner::new(limits(100, 100));
+        assert_eq!(scanner.scan(&stream), Err(Refusal::FrameTooLarge));
+        let mut scanner = FrameScanner::new(limits(100, 100));
+        assert_eq!(scanner.scan(&stream[..stream.len() - 4]), Ok(0));
+    }
+
+    #[test]
+    fn fragments_count_towards_their_message_and_what_it_holds() {
+        let mut scanner = FrameScanner::new(limits(100, 250));
+        assert_eq!(scanner.scan(&frame(false, TEXT, 100)), Ok(100));
+        assert_eq!(scanner.scan(&header(false, OPCODE_CONTINUATION, 100, true)), Ok(200));
+        assert_eq!(scanner.scan(&[0; 100]), Ok(200));
+        assert_eq!(scanner.scan(&header(true, OPCODE_CONTINUATION, 51, true)), Err(Refusal::MessageTooLarge));
+    }
+
+    #[test]
+    fn the_last_fragment_ends_the_message() {
+        let mut scanner = FrameScanner::new(limits(100, 150));
+        let message = [frame(false, BINARY, 100), frame(true, OPCODE_CONTINUATION, 50)].concat();
+        assert_eq!(scanner.scan(&message), Ok(0));
+        // A new message starts from nothing.
+        assert_eq!(scanner.scan(&message), Ok(0));
+    }
+
+    #[test]
+    fn many_small_fragments_cannot_exceed_the_message_limit() {
+        let mut scanner = FrameScanner::new(limits(KIB64, KIB64));
+        assert_eq!(scanner.scan(&frame(false, TEXT, 1024)), Ok(1024));
+        for sent in 2..=64 {
+            assert_eq!(scanner.scan(&frame(false, OPCODE_CONTINUATION, 1024)), Ok(sent * 1024));
+        }
+        assert_eq!(scanner.scan(&header(false, OPCODE_CONTINUATION, 1, true)), Err(Refusal::MessageTooLarge));
+    }
+
+    #[test]
+    fn control_frames_between_fragments_neither_count_nor_end_the_message() {
+        let mut scanner = FrameScanner::new(limits(100, 200));
+        assert_eq!(scanner.scan(&frame(false, TEXT, 100)), Ok(100));
+        assert_eq!(scanner.scan(&header(true, PING, 20, true)), Ok(120));
+        assert_eq!(scanner.scan(&[0; 20]), Ok(100));
+        assert_eq!(scanner.scan(&frame(true, PONG, 0)), Ok(100));
+        assert_eq!(scanner.scan(&header(true, OPCODE_CONTINUATION, 100, true)), Ok(200));
+        assert_eq!(scanner.scan(&[0; 100]), Ok(0));
+    }
+
+    #[test]
+    fn a_new_message_resets_the_count_of_an_abandoned_one() {
+        // Starting a message inside another is the codec's protocol error; the guard only
+        // must not count the abandoned fragments twice.
+        let mut scanner = FrameScanner::new(limits(100, 150));
+        assert_eq!(scanner.scan(&frame(false, TEXT, 100)), Ok(100));
+        assert_eq!(scanner.scan(&frame(true, TEXT, 100)), Ok(0));
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_never_exceeded() {
+        let budget = Arc::new(ReceiveBudget::new(1000));
+        let mut first = Reservation::new(budget.clone());
+        let mut second = Reservation::new(budget.clone());
+        assert!(first.resize(600));
+        assert!(!second.resize(401));
+        assert!(second.resize(400));
+        assert_eq!(budget.in_use(), 1000);
+        assert!(first.resize(100), "shrinking always succeeds");
+        assert!(second.resize(900));
+        assert!(!first.resize(101));
+        assert_eq!(budget.in_use(), 1000);
+        drop(second);
+        assert_eq!(budget.in_use(), 100);
+        drop(first);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    fn chunks(parts: Vec<Vec<u8>>) -> impl Stream<Item = Result<Bytes, PayloadError>> + Unpin {
+        stream::iter(parts.into_iter().map(|part| Ok(Bytes::from(part))))
+    }
+
+    #[tokio::test]
+    async fn the_guard_passes_bytes_through_unchanged() {
+        let parts = vec![frame(true, TEXT, 10), frame(false, BINARY, 300)[..50].to_vec(), vec![7; 256]];
+        let budget = Arc::new(ReceiveBudget::new(1000));
+        let (guard, verdict) = FrameGuard::new(chunks(parts.clone()), limits(1000, 1000), budget.clone());
+        let passed: Vec<Bytes> = guard.map(|chunk| chunk.unwrap()).collect().await;
+        assert_eq!(passed, parts.into_iter().map(Bytes::from).collect::<Vec<_>>());
+        assert_eq!(verdict.refusal(), None);
+    }
+
+    #[tokio::test]
+    async fn a_refused_header_stops_the_stream_without_reading_on() {
+        let parts = vec![frame(true, TEXT, 10), header(true, BINARY, 1 << 62, true), vec![0; 100]];
+        let budget = Arc::new(ReceiveBudget::new(1000));
+        let (mut guard, verdict) = FrameGuard::new(chunks(parts), limits(1000, 1000), budget.clone());
+        assert!(matches!(guard.next().await, Some(Ok(_))));
+        assert!(matches!(guard.next().await, Some(Err(PayloadError::Io(_)))));
+        assert_eq!(verdict.refusal(), Some(Refusal::FrameTooLarge));
+        assert!(guard.next().await.is_none(), "the stream ends at the refusal");
+        assert_eq!(guard.inner.size_hint(), (1, Some(1)), "the chunk after the refusal was never read");
+    }
+
+    #[tokio::test]
+    async fn frames_in_flight_share_the_budget_and_give_it_back() {
+        let budget = Arc::new(ReceiveBudget::new(1000));
+        let partial = frame(true, TEXT, 600)[..100].to_vec();
+        let rest = vec![0; 600 - (100 - 8)];
+        let (mut first, _) = FrameGuard::new(chunks(vec![partial.clone(), rest]), limits(1000, 1000), budget.clone());
+        let (mut second, verdict) = FrameGuard::new(chunks(vec![partial]), limits(1000, 1000), budget.clone());
+        assert!(matches!(first.next().await, Some(Ok(_))));
+        assert_eq!(budget.in_use(), 600);
+        assert!(matches!(second.next().await, Some(Err(_))));
+        assert_eq!(verdict.refusal(), Some(Refusal::ReceiveBufferFull));
+        assert_eq!(budget.in_use(), 600, "the refused connection holds nothing");
+        assert!(matches!(first.next().await, Some(Ok(_))));
+        assert_eq!(budget.in_use(), 0, "a completed frame is given back");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_ends_mid_frame_gives_its_share_back() {
+        let budget = Arc::new(ReceiveBudget::new(1000));
+        let (mut guard, _) =
+            FrameGuard::new(chunks(vec![header(true, TEXT, 700, true)]), limits(1000, 1000), budget.clone());
+        assert!(matches!(guard.next().await, Some(Ok(_))));
+        assert_eq!(budget.in_use(), 700);
+        drop(guard);
+        assert_eq!(budget.in_use(), 0);
+    }
+}

@@ -1,10 +1,32 @@
 //! Transports: the only code that knows socket framing. Each moves frames between a client and
 //! the shared hub; everything protocol-specific happens in pure code (`protocol`, `session`).
 
+pub mod frame_guard;
 pub mod sse;
 pub mod ws;
 
+use std::net::IpAddr;
+
+use actix_web::{HttpRequest, HttpResponse};
 use tokio::time::Instant;
+
+use crate::quota::Turned;
+
+/// The address a connection comes from, for the per-address quotas. (Behind a proxy this is
+/// the proxy: size `limits.connections_per_ip` for it.)
+fn peer_ip(req: &HttpRequest) -> IpAddr {
+    req.peer_addr().map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip())
+}
+
+/// The answer to a connection the quotas turned away: 429 or 503 with a JSON body, and a hint
+/// to retry a second later.
+fn turned_away(turned: Turned) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(turned.status())
+        .unwrap_or(actix_web::http::StatusCode::SERVICE_UNAVAILABLE);
+    HttpResponse::build(status)
+        .insert_header(("retry-after", "1"))
+        .json(serde_json::json!({"code": turned.status(), "error": turned.message()}))
+}
 
 /// Sleeps until `at`, forever when there is nothing to wait for (no token to re-check).
 async fn sleep_until(at: Option<Instant>) {

@@ -21,7 +21,8 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -32,12 +33,13 @@ use serde_json::{json, Map, Value};
 use tokio::task::AbortHandle;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
-use super::sleep_until;
+use super::{peer_ip, sleep_until, turned_away};
 use crate::admission::{Admission, Refused, Started, SubscribeRequest};
 use crate::auth::{constant_time_eq, Identity, TokenError};
 use crate::hub::{ConnectionId, Delivery, Hub, Outbox, Outgoing, Queue, QueueBudget, Subscription};
 use crate::position::Position;
 use crate::protocol::{code, Refusal, RequestId};
+use crate::quota::{Gate, Kind, Permit};
 
 /// The `[sse]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +66,8 @@ pub struct SseSettings {
     pub master_key: Option<String>,
     pub config: SseConfig,
     pub send_queue: QueueBudget,
+    /// Connections per client address and in total.
+    pub gate: Arc<Gate>,
 }
 
 /// The URL parameters; unknown ones are refused so that a typo never widens a query.
@@ -176,8 +180,12 @@ struct Admitted {
 }
 
 pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::Data<SseSettings>) -> HttpResponse {
+    let permit = match settings.gate.admit(peer_ip(&req), Kind::Sse) {
+        Ok(permit) => permit,
+        Err(turned) => return turned_away(turned),
+    };
     match admit(&req, &class, &settings).await {
-        Ok(admitted) => stream(admitted, settings.get_ref().clone()),
+        Ok(admitted) => stream(admitted, settings.get_ref().clone(), permit),
         Err(rejection) => rejection.response(),
     }
 }
@@ -234,23 +242,31 @@ fn request_id() -> RequestId {
     RequestId::from(1)
 }
 
-fn stream(admitted: Admitted, settings: SseSettings) -> HttpResponse {
+fn stream(admitted: Admitted, settings: SseSettings, permit: Permit) -> HttpResponse {
     let Admitted { subscription, since, token } = admitted;
     let identity = subscription.identity.clone();
     let admission = settings.admission.clone();
     let (outbox, queue) = Outbox::new(settings.send_queue);
     let connection = admission.hub().register(outbox.clone());
-    let mut registration = Registration { hub: admission.hub().clone(), connection, catchup: None };
+    let registration = Arc::new(Registration {
+        hub: admission.hub().clone(),
+        connection,
+        catchup: Mutex::new(None),
+        ended: AtomicBool::new(false),
+        _permit: permit,
+    });
     // Registered (or reserved) before the response starts: no change after the first byte is
     // missed.
     match admission.start(connection, request_id(), subscription, since, &outbox) {
         Ok(Started::Live(_)) => {}
-        Ok(Started::CatchingUp(task)) => registration.catchup = Some(task),
+        Ok(Started::CatchingUp(task)) => registration.hold(task),
         Err(refused) => {
             tracing::warn!(error = ?refused, "an SSE subscription was refused");
             return Rejection::from(refused).response();
         }
     }
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    watch(registration.clone(), outbox.clone(), queue.clone());
     let every = admission.revalidate_every;
     let check = token.map(|token| TokenCheck { admission, token, identity, every, last: Instant::now() });
     let state = Stream::new(&settings.config, queue, outbox, check, registration);
@@ -262,30 +278,63 @@ fn stream(admitted: Admitted, settings: SseSettings) -> HttpResponse {
         .streaming(futures_util::stream::unfold(state, Stream::next))
 }
 
-/// Leaves the hub when the stream is dropped (the client went away or was cut off).
+/// The stream's place in the hub and in the connection quotas. It leaves the hub once, at the
+/// first of: the response stream being dropped (the client went away), or its outbox closing
+/// (a client too slow for its queue, or one that stopped reading: actix then never polls the
+/// stream again, so only [`watch`] notices).
 struct Registration {
     hub: Arc<Hub>,
     connection: ConnectionId,
-    catchup: Option<AbortHandle>,
+    catchup: Mutex<Option<AbortHandle>>,
+    ended: AtomicBool,
+    /// Given back when the last holder (the stream or its watch) is gone.
+    _permit: Permit,
 }
 
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if let Some(task) = &self.catchup {
+impl Registration {
+    fn hold(&self, task: AbortHandle) {
+        *self.catchup.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
+
+    fn end(&self) {
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(task) = self.catchup.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
         self.hub.disconnect(self.connection);
     }
 }
 
+/// Waits for the stream's outbox to close, then leaves the hub and frees what is still queued
+/// (unless the stream is being polled, and so drains it itself).
+fn watch(registration: Arc<Registration>, outbox: Outbox, queue: Arc<tokio::sync::Mutex<Queue>>) {
+    tokio::spawn(async move {
+        outbox.closed().await;
+        registration.end();
+        if let Ok(mut queue) = queue.try_lock() {
+            while queue.try_recv().is_ok() {}
+        }
+    });
+}
+
 struct Stream {
     first: Option<Bytes>,
-    queue: Queue,
+    queue: Arc<tokio::sync::Mutex<Queue>>,
     outbox: Outbox,
     keepalive: Interval,
     check: Option<TokenCheck>,
-    registration: Registration,
+    registration: Arc<Registration>,
     ended: bool,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.registration.end();
+        // Wakes the watch, which then ends too.
+        self.outbox.close();
+    }
 }
 
 /// The stream's token, re-checked every `every` and at its expiry.
@@ -306,10 +355,10 @@ impl TokenCheck {
 impl Stream {
     fn new(
         config: &SseConfig,
-        queue: Queue,
+        queue: Arc<tokio::sync::Mutex<Queue>>,
         outbox: Outbox,
         check: Option<TokenCheck>,
-        registration: Registration,
+        registration: Arc<Registration>,
     ) -> Stream {
         let every = Duration::from_millis(config.keepalive_ms);
         let mut keepalive = interval_at(Instant::now() + every, every);
@@ -325,6 +374,8 @@ impl Stream {
         if self.ended {
             return None;
         }
+        let queue = self.queue.clone();
+        let mut queue = queue.lock().await;
         let text = loop {
             break tokio::select! {
                 biased;
@@ -332,7 +383,7 @@ impl Stream {
                     self.ended = true;
                     frame_error(code::LIMIT_EXCEEDED, "send queue full: client too slow; reconnect to resume")
                 }
-                item = self.queue.recv() => match item {
+                item = queue.recv() => match item {
                     Some(item) => frame(item),
                     None => return None,
                 },
@@ -341,23 +392,14 @@ impl Stream {
                     Ok(()) => continue,
                     Err(error_event) => {
                         self.ended = true;
-                        self.flush_then(error_event)
+                        flush_then(&mut queue, error_event)
                     }
                 },
             };
         };
+        drop(queue);
         self.keepalive.reset();
         Some((Ok(Bytes::from(text)), self))
-    }
-
-    /// Everything still queued, then `last`: the final text of an ending stream.
-    fn flush_then(&mut self, last: String) -> String {
-        let mut text = String::new();
-        while let Ok(item) = self.queue.try_recv() {
-            text.push_str(&frame(item));
-        }
-        text.push_str(&last);
-        text
     }
 
     /// Re-checks the token: a changed identity is updated in the hub; a lapsed one stops
@@ -366,7 +408,7 @@ impl Stream {
     async fn revalidate(&mut self) -> Result<(), String> {
         let Some(check) = self.check.as_mut() else { return Ok(()) };
         check.last = Instant::now();
-        let Registration { hub, connection, .. } = &self.registration;
+        let Registration { hub, connection, .. } = &*self.registration;
         let identity = match check.admission.recheck(&check.token, &check.identity).await {
             Ok(identity) => identity,
             Err(e) => {
@@ -381,6 +423,16 @@ impl Stream {
         }
         Ok(())
     }
+}
+
+/// Everything still queued, then `last`: the final text of an ending stream.
+fn flush_then(queue: &mut Queue, last: String) -> String {
+    let mut text = String::new();
+    while let Ok(item) = queue.try_recv() {
+        text.push_str(&frame(item));
+    }
+    text.push_str(&last);
+    text
 }
 
 fn frame(item: Outgoing) -> String {

@@ -45,7 +45,7 @@ const LAYERS: &[&[&str]] = &[
     &["auth", "database", "telemetry"],
     &["hub"],
     &["feed", "catchup"],
-    &["admission", "session"],
+    &["admission", "quota", "session"],
     &["transport"],
     &["http"],
     &["app", "config"],

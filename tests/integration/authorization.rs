@@ -459,3 +459,73 @@ async fn sse_tokens_travel_by_header_cookie_or_url_and_lapse_with_an_error_event
     assert_eq!(resumed.expect("create").await.json()["object"]["objectId"], "3");
     resumed.expect("subscribed").await;
 }
+
+/// A JWT for `user` whose `exp` is `offset_secs` from now (negative: already past).
+fn token_expiring(user: &str, offset_secs: i64) -> String {
+    let exp = i64::try_from(now()).unwrap() + offset_secs;
+    hs256(json!({"sub": user, "exp": exp, "aud": "livegate"}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_is_accepted_until_its_leeway_runs_out() {
+    let app = spawn(|config| config.jwt.leeway_secs = 30).await;
+    // exp 20 s ago, 30 s of leeway: accepted on both transports, and its identity served.
+    let late = token_expiring("bob", -20);
+    let mut bob = subscriber(&app, Some(&late), false, json!({})).await;
+    let bearer = format!("Bearer {late}");
+    let mut sse = SseClient::subscribe(app.port, "docs", &json!({}), "", &[("Authorization", &bearer)]).await;
+    assert_eq!(sse.status, 200);
+    sse.expect("subscribed").await;
+    app.db.execute(r#"insert into docs (id, body, "ACL") values (1, 'bob only', '{"bob": {"read": true}}')"#).await;
+    assert_eq!(ids(&mut bob, "create", 1).await, ["1"]);
+    assert_eq!(sse.expect("create").await.json()["object"]["objectId"], "1");
+
+    // exp 40 s ago: past the leeway too.
+    let too_late = token_expiring("bob", -40);
+    let (_client, reply) = connect(&app, Some(&too_late), false).await;
+    assert_eq!((reply["op"].as_str(), reply["code"].as_i64()), (Some("error"), Some(209)), "{reply}");
+    assert_eq!(reply["error"], "Session token is expired.");
+    let bearer = format!("Bearer {too_late}");
+    let mut refused = SseClient::subscribe(app.port, "docs", &json!({}), "", &[("Authorization", &bearer)]).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json_body().await["code"], 209);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_within_its_leeway_lapses_when_the_leeway_runs_out() {
+    let app = spawn(|config| {
+        config.jwt.leeway_secs = 4;
+        // No periodic re-check during the test: only the one at the token's expiry can fire.
+        config.sessions.cache_ttl_ms = 60_000;
+    })
+    .await;
+    // exp a second ago: accepted for two to three more seconds.
+    let lapsing = token_expiring("bob", -1);
+    let (mut client, reply) = connect(&app, None, false).await;
+    assert_eq!(reply["op"], "connected");
+    let query = json!({"className": "docs", "where": {}});
+    client.send(json!({"op": "subscribe", "requestId": 5, "query": query, "sessionToken": lapsing})).await;
+    let reply = client.recv().await;
+    assert_eq!(reply["op"], "subscribed", "{reply}");
+    let bearer = format!("Bearer {lapsing}");
+    let mut sse = SseClient::subscribe(app.port, "docs", &json!({}), "", &[("Authorization", &bearer)]).await;
+    assert_eq!(sse.status, 200);
+    sse.expect("subscribed").await;
+    app.db.execute(r#"insert into docs (id, body, "ACL") values (1, 'bob only', '{"bob": {"read": true}}')"#).await;
+    assert_eq!(ids(&mut client, "create", 1).await, ["1"]);
+    assert_eq!(sse.expect("create").await.json()["object"]["objectId"], "1");
+
+    // Re-checked when the leeway runs out, and suspended with its requestId.
+    let error = client.recv_within(Duration::from_secs(5)).await.expect("an error frame once the leeway has passed");
+    assert_eq!(
+        (error["op"].as_str(), error["code"].as_i64(), error["requestId"].as_i64()),
+        (Some("error"), Some(209), Some(5)),
+        "{error}"
+    );
+    assert_eq!(error["error"], "Session token is expired.");
+    let error = sse.next_event_within(Duration::from_secs(3)).await.expect("an error event once the leeway has passed");
+    assert_eq!((error.name(), error.json()["code"].as_i64()), ("error", Some(209)));
+    app.db.execute(r#"insert into docs (id, body, "ACL") values (2, 'missed', '{"bob": {"read": true}}')"#).await;
+    client.expect_silence(Duration::from_millis(500)).await;
+    assert_eq!(app.health().await["subscriptions"], 0);
+}

@@ -54,6 +54,84 @@ async fn a_frame_announcing_100_mb_is_refused_before_its_payload_is_read() {
     flood.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_in_flight_beyond_the_receive_budget_are_refused_with_1013() {
+    let app = TestApp::spawn_with(|config| {
+        config.websocket.max_frame_bytes = 64 * 1024;
+        config.websocket.receive_buffer_bytes = 200_000;
+    })
+    .await;
+    // Three 60 KB frames in flight fit in 200 KB; a fourth and fifth do not.
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        holders.push(PartialFrame::start(app.port).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..2 {
+        let mut late = PartialFrame::start(app.port).await;
+        let code = timeout(Duration::from_secs(1), close_code(&mut late.stream)).await.expect("a close within 1 s");
+        assert_eq!(code, Some(1013));
+    }
+    for holder in &mut holders {
+        holder.expect_open().await;
+    }
+
+    // The first ones are unaffected: one completes its frame and is answered; the others leave
+    // in the middle of theirs.
+    let mut first = holders.remove(0);
+    assert_eq!(first.finish().await["op"], "connected");
+    drop(holders);
+    app.wait_for_health(|health| health["connections"] == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Their shares are free again: three new frames in flight fit, and all are answered.
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        fresh.push(PartialFrame::start(app.port).await);
+    }
+    for partial in &mut fresh {
+        partial.expect_open().await;
+    }
+    for partial in &mut fresh {
+        assert_eq!(partial.finish().await["op"], "connected");
+    }
+}
+
+/// A connection in the middle of a 60 KB text frame (a Parse `connect` padded with spaces):
+/// the header and the first 10 KB are sent, the rest waits for [`PartialFrame::finish`].
+struct PartialFrame {
+    stream: TcpStream,
+    payload: Vec<u8>,
+}
+
+impl PartialFrame {
+    const LEN: usize = 60_000;
+    const FIRST: usize = 10_000;
+
+    async fn start(port: u16) -> PartialFrame {
+        let mut payload = br#"{"op": "connect", "applicationId": "app"}"#.to_vec();
+        payload.resize(Self::LEN, b' ');
+        let mut stream = handshake(port).await;
+        let mut start = header(TEXT, true, Self::LEN as u64);
+        start.extend(masked(&payload[..Self::FIRST], 0));
+        stream.write_all(&start).await.unwrap();
+        PartialFrame { stream, payload }
+    }
+
+    /// Nothing (no close) arrives for a while.
+    async fn expect_open(&mut self) {
+        let frame = timeout(Duration::from_millis(300), next_frame(&mut self.stream)).await;
+        assert!(frame.is_err(), "the server sent {frame:?}");
+    }
+
+    /// Sends the rest of the frame and returns the server's answer.
+    async fn finish(&mut self) -> Value {
+        let rest = masked(&self.payload[Self::FIRST..], Self::FIRST);
+        self.stream.write_all(&rest).await.unwrap();
+        text_frame(&mut self.stream).await
+    }
+}
+
 /// Upgrades a bare TCP connection to a WebSocket and returns it right after the response head.
 async fn handshake(port: u16) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();

@@ -9,6 +9,7 @@ mod browser_rules;
 mod feed;
 mod frames;
 mod identity;
+mod limits;
 mod parse_sdk;
 mod queries;
 mod resume;

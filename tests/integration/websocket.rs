@@ -309,3 +309,95 @@ async fn a_client_that_stops_reading_is_dropped_alone() {
     let health = app.wait_for_health(|h| h["connections"] == 1).await;
     assert_eq!(health["subscriptions"], 1, "only the reader remains");
 }
+
+/// A requestId is a JavaScript number, as in Parse Server: `1e15` and `1000000000000000` are
+/// one id, echoed as JavaScript prints it (plain digits), and `-0` is `0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_javascript_numbers() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    client.connect_parse().await;
+    client.send_text(r#"{"op":"subscribe","requestId":1e15,"query":{"className":"messages","where":{}}}"#).await;
+    let subscribed = client.expect_event("subscribed").await;
+    // `== u64` holds only for a number written as an integer (not `1e15` nor `1000000000000000.0`).
+    assert!(subscribed["requestId"] == 1_000_000_000_000_000u64, "{subscribed}");
+    app.db.execute("insert into messages (room) values ('a')").await;
+    let create = client.expect_event("create").await;
+    assert!(create["requestId"] == 1_000_000_000_000_000u64, "{create}");
+    client.send_text(r#"{"op":"unsubscribe","requestId":1000000000000000}"#).await;
+    let unsubscribed = client.expect_event("unsubscribed").await;
+    assert!(unsubscribed["requestId"] == 1_000_000_000_000_000u64, "{unsubscribed}");
+
+    client.send_text(r#"{"op":"subscribe","requestId":-0,"query":{"className":"messages","where":{}}}"#).await;
+    let subscribed = client.expect_event("subscribed").await;
+    assert!(subscribed["requestId"] == 0u64, "echoed as 0, not -0.0: {subscribed}");
+    client.send(json!({"op": "unsubscribe", "requestId": 0})).await;
+    let unsubscribed = client.expect_event("unsubscribed").await;
+    assert!(unsubscribed["requestId"] == 0u64, "{unsubscribed}");
+    assert_eq!(app.health().await["subscriptions"], 0);
+}
+
+/// A `where` holding a number beyond f64 is refused with 102 and the request's id (serde_json
+/// refuses the whole frame; it used to go unanswered), and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_where_number_beyond_f64_is_refused_with_102() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    client.connect_parse().await;
+    client.send_text(r#"{"op":"subscribe","requestId":7,"query":{"className":"messages","where":{"n":1e400}}}"#).await;
+    let error = client.expect_event("error").await;
+    assert_eq!(
+        error,
+        json!({"op": "error", "error": "number 1e400 is out of range", "code": 102, "reconnect": false, "requestId": 7})
+    );
+    // Outside a `where`: the frame fails the schema.
+    client.send_text(r#"{"op":"subscribe","requestId":-1e400,"query":{"className":"messages","where":{}}}"#).await;
+    let error = client.expect_event("error").await;
+    assert_eq!(
+        error,
+        json!({"op": "error", "error": "number -1e400 is out of range", "code": 1, "reconnect": true, "requestId": null})
+    );
+    // A string is only a string.
+    client.subscribe(8, "messages", json!({"body": "1e400"})).await;
+    client.subscribe(9, "messages", json!({"n": 1})).await;
+    app.db.execute("insert into messages (n, body) values (1, 'x'), (2, '1e400')").await;
+    let first = client.recv().await;
+    let second = client.recv().await;
+    let mut got = [
+        (first["requestId"].clone(), first["object"]["n"].clone()),
+        (second["requestId"].clone(), second["object"]["n"].clone()),
+    ];
+    got.sort_by_key(|(id, _)| id.as_i64());
+    assert_eq!(got, [(json!(8), json!(2)), (json!(9), json!(1))]);
+    assert_eq!(app.health().await["subscriptions"], 2);
+}
+
+/// tv4's uniqueness check of `keys`/`watch` in linear time: two 10,000-name lists cost ~6 s of
+/// CPU in a debug build when every pair was compared, milliseconds now; same message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_keys_lists_are_checked_in_linear_time() {
+    let app = TestApp::spawn_with(|c| {
+        c.websocket.max_frame_bytes = 1 << 20;
+        c.limits.field_list = 10_000;
+    })
+    .await;
+    let mut client = app.client().await;
+    client.connect_parse().await;
+    let names: Vec<String> = (0..10_000).map(|i| format!("f{i}")).collect();
+    let mut repeated = names.clone();
+    repeated.push("f9999".into());
+    let query = |watch: &[String]| json!({"className": "messages", "where": {}, "keys": names, "watch": watch});
+
+    let started = std::time::Instant::now();
+    client.send(json!({"op": "subscribe", "requestId": 1, "query": query(&repeated)})).await;
+    let error = client.expect_event("error").await;
+    let elapsed = started.elapsed();
+    println!("two 10,000-name lists refused in {elapsed:?}");
+    assert_eq!(error["error"], "Array items are not unique (indices 9999 and 10000)", "{error}");
+    assert_eq!(error["code"], 1);
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+
+    client.send(json!({"op": "subscribe", "requestId": 2, "query": query(&names)})).await;
+    let subscribed = client.expect_event("subscribed").await;
+    assert_eq!(subscribed["requestId"], 2);
+}

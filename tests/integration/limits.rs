@@ -1,0 +1,162 @@
+//! What one client may make the gateway spend, each limit from the outside: the refusal a client
+//! sees (Parse code on the WebSocket, status and JSON over HTTP), and that a well-behaved client
+//! beside it is not disturbed.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::sse::SseClient;
+use crate::support::TestApp;
+
+/// Rows of `bytes` bytes each, in one statement.
+fn big_rows(count: usize, bytes: usize) -> String {
+    format!("insert into messages (room, body) select 'big', repeat('x', {bytes}) from generate_series(1, {count})")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_is_cut_at_its_byte_budget_and_nobody_else_waits() {
+    // The budget holds a feed batch (100 rows of 10 KB) several times over: a reader that keeps
+    // up never comes near it.
+    let app = TestApp::spawn_with(|c| {
+        c.limits.send_queue_bytes = 4 * 1024 * 1024;
+        c.feed.batch_size = 100;
+    })
+    .await;
+    let mut stalled = app.subscriber(json!({})).await;
+    let mut reader = app.subscriber(json!({})).await;
+    // 3,000 rows of 10 KB: far more than the socket buffers and the stalled client's budget.
+    app.db.execute(&big_rows(3_000, 10_000)).await;
+    for _ in 0..3_000 {
+        let event = reader.expect_event("create").await;
+        assert_eq!(event["object"]["room"], "big");
+    }
+    // It left the hub while its socket was still open (nothing read it).
+    app.wait_for_health(|h| h["connections"] == 1).await;
+    // Reading now, the stalled client finds what had been sent to it, then the close.
+    assert_eq!(stalled.closed().await.map(u16::from), Some(1008), "send queue full");
+}
+
+#[tokio::test]
+async fn unindexed_queries_are_budgeted_per_connection() {
+    let app = TestApp::spawn_with(|c| c.limits.scanned_queries_per_connection = 2).await;
+    let mut ws = app.client().await;
+    ws.connect_parse().await;
+    ws.subscribe(1, "messages", json!({"n": {"$gt": 1}})).await;
+    ws.subscribe(2, "messages", json!({})).await;
+    ws.send(json!({"op": "subscribe", "requestId": 3, "query": {"className": "messages", "where": {"n": {"$lt": 5}}}}))
+        .await;
+    let refusal = ws.recv().await;
+    assert_eq!((refusal["op"].as_str(), refusal["code"].as_i64(), refusal["requestId"].as_i64()), (Some("error"), Some(155), Some(3)));
+    assert!(refusal["error"].as_str().unwrap().contains("unindexed queries on this connection (limit 2)"), "{refusal}");
+    ws.subscribe(4, "messages", json!({"room": "lobby", "n": {"$lt": 5}})).await;
+    app.db.execute("insert into messages (room, n) values ('lobby', 2)").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(ws.expect_event("create").await["requestId"].as_i64().unwrap());
+    }
+    ids.sort();
+    assert_eq!(ids, [1, 2, 4], "the refused one delivers nothing, the others everything");
+}
+
+#[tokio::test]
+async fn long_field_lists_are_refused_on_both_transports() {
+    let app = TestApp::spawn_with(|c| c.limits.field_list = 3).await;
+    let mut ws = app.client().await;
+    ws.connect_parse().await;
+    ws.send(json!({"op": "subscribe", "requestId": 1,
+        "query": {"className": "messages", "where": {}, "keys": ["a", "b", "c", "d"]}}))
+        .await;
+    let refusal = ws.recv().await;
+    assert_eq!(refusal["code"], 102);
+    assert_eq!(refusal["error"], "keys lists 4 fields, more than limits.field_list (3)");
+    let mut sse = SseClient::subscribe(app.port, "messages", &json!({}), "&watch=a,b,c,d", &[]).await;
+    assert_eq!(sse.status, 400);
+    assert_eq!(sse.json_body().await, json!({"code": 102, "error": "watch lists 4 fields, more than limits.field_list (3)"}));
+}
+
+#[tokio::test]
+async fn a_resume_further_behind_than_the_replay_limit_gets_an_expired_gap_at_once() {
+    let app = TestApp::spawn_with(|c| c.limits.replay_changes = 10).await;
+    let mut sse = SseClient::subscribe(app.port, "messages", &json!({}), "", &[]).await;
+    let old = sse.expect("subscribed").await.id();
+    drop(sse);
+    app.db.execute("insert into messages (room) select 'r' from generate_series(1, 25)").await;
+    app.wait_until_published().await;
+    let mut sse = SseClient::subscribe(app.port, "messages", &json!({}), "", &[("Last-Event-ID", &old)]).await;
+    let gap = sse.expect("gap").await;
+    assert_eq!(gap.json()["reason"], "expired");
+    sse.expect("subscribed").await;
+    app.db.execute("insert into messages (room) values ('after')").await;
+    assert_eq!(sse.expect("create").await.json()["object"]["room"], "after");
+}
+
+/// Opens a raw HTTP connection and sends `request`; returns the status line's code.
+async fn status_of(port: u16, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await.expect("answers").unwrap();
+    let text = String::from_utf8_lossy(&buffer[..n]).to_string();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped_and_given_back() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.connections_per_ip = 3;
+        c.limits.sse_streams_per_ip = 1;
+    })
+    .await;
+    let first = app.client().await;
+    let _second = app.client().await;
+    let sse = SseClient::subscribe(app.port, "messages", &json!({}), "", &[]).await;
+    assert_eq!(sse.status, 200);
+    let upgrade = format!(
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        app.port
+    );
+    let (status, text) = status_of(app.port, &upgrade).await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("limits.connections_per_ip = 3"), "{text}");
+    drop(first);
+    app.wait_for_health(|h| h["connections"] == 2).await;
+    // One SSE stream per address here: a second gets 429 while the first is open.
+    let mut second_sse = SseClient::subscribe(app.port, "messages", &json!({}), "", &[]).await;
+    assert_eq!(second_sse.status, 429);
+    let body = second_sse.json_body().await;
+    assert_eq!(body["code"], 429);
+    assert!(body["error"].as_str().unwrap().contains("limits.sse_streams_per_ip = 1"), "{body}");
+    let mut again = app.client().await;
+    again.connect_parse().await;
+    drop(sse);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_sse_streams_leave_the_hub_once_their_queue_fills() {
+    let app = TestApp::spawn_with(|c| c.limits.send_queue_bytes = 256 * 1024).await;
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let stream = SseClient::subscribe(app.port, "messages", &json!({}), "", &[]).await;
+        assert_eq!(stream.status, 200);
+        streams.push(stream); // never read again
+    }
+    app.wait_for_health(|h| h["subscriptions"] == 20).await;
+    app.db.execute(&big_rows(2_000, 10_000)).await;
+    // Their sockets are still open, but they hold nothing in the hub any more.
+    for _ in 0..40 {
+        if app.health().await["connections"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(app.health().await["connections"], 0, "unread streams left the hub");
+    let mut ws = app.subscriber(json!({"room": "fresh"})).await;
+    app.db.execute("insert into messages (room) values ('fresh')").await;
+    assert_eq!(ws.expect_event("create").await["object"]["room"], "fresh");
+    drop(streams);
+}
