@@ -90,7 +90,7 @@ impl Application {
         let address = settings.server.listen;
         let listener = TcpListener::bind(address).map_err(|source| listen_error("listen on", address, source))?;
         let port = listener.local_addr().map_err(|source| listen_error("listen on", address, source))?.port();
-        let health = HealthState { hub: hub.clone(), feed_position: feed.position_handle() };
+        let health = HealthState { hub: hub.clone(), feed_position: feed.position_handle(), feed: feed.health() };
         let catchup = Arc::new(Catchup::new(hub.clone(), feed.history(), settings.replay_changes));
         let server = serve(listener, settings, hub.clone(), catchup, sessions, health)?;
         Ok(Application { server, port, feed, hub })

@@ -217,7 +217,7 @@ impl Config {
         let jwt = JwtVerifier::from_config(&self.jwt).map_err(|e| ConfigError::invalid(format!("jwt: {e}")))?;
         let rules = ClassRules::new(&self.classes).map_err(ConfigError::invalid)?;
         let origins = OriginPolicy::new(&self.browser)
-            .map_err(|e| ConfigError::invalid(format!("browser.allowed_origins: {e}")))?;
+            .map_err(|e| ConfigError::invalid(format!("browser.{e}")))?;
         let limits = &self.limits;
         Ok(Settings {
             query_limits: QueryLimits {

@@ -204,7 +204,7 @@ mod tests {
         let forever = Identity { user_id: Some("u1".into()), ..Identity::default() };
         assert_eq!(next_check(&forever, now, every), now + every);
         assert_eq!(next_check(&expiring_in(60), now, every), now + every);
-        // Due at the expiry (leeway included by the verifier), not a second later.
+        // Due at the expiry itself, which for a JWT already includes the leeway.
         let due = next_check(&expiring_in(2), now, every);
         let window = now + Duration::from_millis(1900)..now + Duration::from_millis(2100);
         assert!(window.contains(&due), "{:?}", due - now);

@@ -19,7 +19,7 @@ pub use catalog::Catalog;
 pub use rows::{to_parse_object, TableInfo};
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,9 +118,28 @@ impl Default for HistoryConfig {
     }
 }
 
+/// Whether the feed can currently do its work: its listener holds a LISTEN connection, and its
+/// last read of the change table succeeded. Read by `/ready`.
+#[derive(Debug, Default)]
+pub struct FeedHealth {
+    listening: AtomicBool,
+    reading: AtomicBool,
+}
+
+impl FeedHealth {
+    pub fn listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
+    pub fn reading(&self) -> bool {
+        self.reading.load(Ordering::Acquire)
+    }
+}
+
 /// A running feed. Dropping it stops its tasks.
 pub struct Feed {
     position: Arc<AtomicI64>,
+    health: Arc<FeedHealth>,
     history: Arc<History>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -140,12 +159,14 @@ impl Feed {
             .map_err(|e| DatabaseError::new(format!("cannot read the change stream: {e}")))?;
         hub.start_epoch(Position::new(stream.epoch, stream.head));
         let position = Arc::new(AtomicI64::new(stream.head));
+        let health = Arc::new(FeedHealth { listening: AtomicBool::new(false), reading: AtomicBool::new(true) });
         let doorbell = Arc::new(Notify::new());
         let backoff = Backoff::new(config);
         let listener = tokio::spawn(listen(
             listener_options.application_name(LISTENER_APPLICATION_NAME),
             doorbell.clone(),
             backoff.clone(),
+            health.clone(),
         ));
         let reader = Reader {
             pool: pool.clone(),
@@ -156,6 +177,7 @@ impl Feed {
             position: position.clone(),
             batch_size: config.batch_size,
             check_origin: false,
+            health: health.clone(),
         };
         let reader = tokio::spawn(reader.run(doorbell, Duration::from_millis(config.poll_interval_ms), backoff));
         let pruner = tokio::spawn(prune(pool.clone(), retention.clone(), position.clone()));
@@ -165,7 +187,12 @@ impl Feed {
             aliases: config.aliases.clone(),
             batch_size: config.batch_size,
         });
-        Ok(Feed { position, history, tasks: vec![listener, reader, pruner] })
+        Ok(Feed { position, health, history, tasks: vec![listener, reader, pruner] })
+    }
+
+    /// Whether the feed is listening and reading, shared for reporting.
+    pub fn health(&self) -> Arc<FeedHealth> {
+        self.health.clone()
     }
 
     /// The last stream position handed to the hub, shared for reporting.
@@ -238,7 +265,7 @@ impl Backoff {
     }
 }
 
-async fn listen(options: PgConnectOptions, doorbell: Arc<Notify>, mut backoff: Backoff) {
+async fn listen(options: PgConnectOptions, doorbell: Arc<Notify>, mut backoff: Backoff, health: Arc<FeedHealth>) {
     let pool = PgPoolOptions::new().max_connections(1).min_connections(0).connect_lazy_with(options);
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
@@ -256,6 +283,7 @@ async fn listen(options: PgConnectOptions, doorbell: Arc<Notify>, mut backoff: B
             continue;
         }
         tracing::info!("feed listener connected");
+        health.listening.store(true, Ordering::Release);
         // Anything committed while nobody listened is found by this catch-up read.
         doorbell.notify_one();
         backoff.reset();
@@ -272,6 +300,7 @@ async fn listen(options: PgConnectOptions, doorbell: Arc<Notify>, mut backoff: B
                 }
             }
         }
+        health.listening.store(false, Ordering::Release);
         doorbell.notify_one();
         drop(listener);
         backoff.wait().await;
@@ -288,6 +317,7 @@ struct Reader {
     batch_size: u32,
     /// Set after losing the database: it may have come back restored from a backup.
     check_origin: bool,
+    health: Arc<FeedHealth>,
 }
 
 impl Reader {
@@ -298,7 +328,9 @@ impl Reader {
                 _ = tokio::time::sleep(poll_interval) => {}
             }
             loop {
-                match self.read_batch().await {
+                let read = self.read_batch().await;
+                self.health.reading.store(read.is_ok(), Ordering::Release);
+                match read {
                     Ok(read) if read >= self.batch_size as usize => continue,
                     Ok(_) => {
                         backoff.reset();

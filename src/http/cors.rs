@@ -54,7 +54,8 @@ pub struct BrowserConfig {
     /// gateway's own.
     pub public_origins: Vec<String>,
     /// Requests without an Origin header (native apps, curl, server to server) are allowed;
-    /// when false they are refused with 403.
+    /// when false they are refused with 403, and so are same-origin GETs from pages served by
+    /// the gateway (the demo page's EventSource), which browsers send without one.
     pub allow_missing_origin: bool,
     /// Send `Access-Control-Allow-Credentials: true` to allowed origins (never with `*`), so
     /// cookies work on SSE.
@@ -123,7 +124,7 @@ impl OriginPolicy {
                 }
                 _ => {
                     let origin = normalise_origin(entry)
-                        .ok_or_else(|| format!("{entry:?} is not an origin (scheme://host[:port])"))?;
+                        .ok_or_else(|| format!("allowed_origins: {entry:?} is not an origin (scheme://host[:port])"))?;
                     origins.insert(origin);
                 }
             }

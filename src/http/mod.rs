@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix_web::{guard, web, HttpResponse};
 use serde_json::json;
 
+use crate::feed::FeedHealth;
 use crate::hub::Hub;
 use crate::transport::{sse, ws};
 
@@ -25,6 +26,7 @@ pub fn is_upgrade(req: &actix_web::dev::RequestHead) -> bool {
 pub struct HealthState {
     pub hub: Arc<Hub>,
     pub feed_position: Arc<AtomicI64>,
+    pub feed: Arc<FeedHealth>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -32,6 +34,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/events/{class}", web::get().to(sse::events))
         .route("/", web::get().to(demo_page))
         .route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
         .default_service(web::to(not_found));
 }
 
@@ -44,6 +47,23 @@ async fn health(state: web::Data<HealthState>) -> HttpResponse {
         "distinctQueries": stats.distinct_queries,
         "feedPosition": state.feed_position.load(Ordering::Acquire),
     }))
+}
+
+/// Whether this gateway can deliver changes now: 200 when its feed listens and reads the change
+/// table, 503 (with what is down) while the database or the listener is lost. For load
+/// balancers and orchestrators; `/health` only says the process answers.
+async fn ready(state: web::Data<HealthState>) -> HttpResponse {
+    let (database, listener) = (state.feed.reading(), state.feed.listening());
+    let body = json!({
+        "status": if database && listener { "ready" } else { "unavailable" },
+        "database": database,
+        "listener": listener,
+    });
+    if database && listener {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }
 
 /// A live view of one query over SSE (static/index.html, compiled in): a working example to copy.

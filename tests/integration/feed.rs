@@ -253,3 +253,36 @@ async fn a_database_outage_is_caught_up_in_order_after_reconnect() {
     assert_eq!(client.expect_event("create").await["object"]["room"], "after");
     client.expect_silence(Duration::from_millis(500)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_answers_503_while_the_database_is_lost() {
+    let db = TestDb::create().await;
+    db.execute(crate::support::MESSAGES).await;
+    let upstream = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url).unwrap().get_port();
+    let proxy = Proxy::start(upstream).await;
+    let through_proxy = db.url.replacen(&format!(":{upstream}/"), &format!(":{}/", proxy.port), 1);
+    let app = TestApp::spawn_on(db, |c| {
+        c.database.url = through_proxy;
+        c.feed.tables = vec!["messages".into()];
+    })
+    .await;
+    let app = &app;
+    let until = |want: u16| async move {
+        for _ in 0..100 {
+            let (status, body) = app.ready().await;
+            if status == want {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("/ready never answered {want}: {:?}", app.ready().await);
+    };
+    assert_eq!(until(200).await, json!({"status": "ready", "database": true, "listener": true}));
+    proxy.cut();
+    let down = until(503).await;
+    assert_eq!(down["status"], "unavailable");
+    assert!(down["database"] == false || down["listener"] == false, "{down}");
+    assert_eq!(app.health().await["status"], "ok", "the process itself still answers");
+    proxy.restore();
+    assert_eq!(until(200).await["status"], "ready");
+}

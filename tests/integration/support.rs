@@ -84,13 +84,23 @@ impl TestApp {
     }
 
     pub async fn health(&self) -> Value {
+        self.get_json("/health").await.1
+    }
+
+    /// `GET /ready`: its status and JSON body.
+    pub async fn ready(&self) -> (u16, Value) {
+        self.get_json("/ready").await
+    }
+
+    async fn get_json(&self, path: &str) -> (u16, Value) {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        let request = "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
         let mut response = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await.unwrap();
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("health body {body:?}: {e}"))
+        (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{path} body {body:?}: {e}")))
     }
 
     /// Waits until the gateway has fanned out every change committed so far.
