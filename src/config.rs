@@ -97,6 +97,12 @@ pub struct LimitsConfig {
     pub regex_bytes: usize,
     /// Most `$regex` patterns in one `where`.
     pub regexes_per_query: usize,
+    /// Compiled `$regex` memory one query may need, in bytes.
+    pub regex_memory_per_query: usize,
+    /// Compiled `$regex` memory the subscriptions of one connection may hold, in bytes.
+    pub regex_memory_per_connection: usize,
+    /// Compiled `$regex` memory of the whole gateway (identical patterns count once), in bytes.
+    pub regex_memory_total: usize,
 }
 
 impl Default for LimitsConfig {
@@ -118,6 +124,9 @@ impl Default for LimitsConfig {
             in_list: 1_000,
             regex_bytes: 1_024,
             regexes_per_query: 32,
+            regex_memory_per_query: 16 * 1024 * 1024,
+            regex_memory_per_connection: 32 * 1024 * 1024,
+            regex_memory_total: 256 * 1024 * 1024,
         }
     }
 }
@@ -225,13 +234,15 @@ impl Config {
                 max_in_list: limits.in_list,
                 max_regex_bytes: limits.regex_bytes,
                 max_regexes: limits.regexes_per_query,
-                ..QueryLimits::default()
+                max_regex_memory_per_query: limits.regex_memory_per_query,
+                max_regex_memory_total: limits.regex_memory_total,
             },
             send_queue: QueueBudget { frames: limits.send_queue, bytes: limits.send_queue_bytes },
             hub: HubLimits {
                 subscriptions_per_connection: limits.subscriptions_per_connection,
                 scanned_per_connection: limits.scanned_queries_per_connection,
                 scanned_total: limits.scanned_queries_total,
+                regex_memory_per_connection: limits.regex_memory_per_connection,
             },
             field_list: limits.field_list,
             replay_changes: limits.replay_changes,
@@ -289,6 +300,9 @@ impl Config {
             ("limits.in_list", self.limits.in_list as u64),
             ("limits.regex_bytes", self.limits.regex_bytes as u64),
             ("limits.regexes_per_query", self.limits.regexes_per_query as u64),
+            ("limits.regex_memory_per_query", self.limits.regex_memory_per_query as u64),
+            ("limits.regex_memory_per_connection", self.limits.regex_memory_per_connection as u64),
+            ("limits.regex_memory_total", self.limits.regex_memory_total as u64),
             ("database.max_connections", u64::from(self.database.max_connections)),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {

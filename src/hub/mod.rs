@@ -128,6 +128,8 @@ pub enum SubscribeError {
     TooManyScannedQueries { limit: usize },
     /// The gateway holds `limit` distinct unindexed queries already.
     TooManyScannedQueriesInAll { limit: usize },
+    /// The connection's subscriptions would hold more compiled `$regex` memory than `limit`.
+    RegexMemory { needed: usize, limit: usize },
     /// The reservation is gone: the client unsubscribed (or reconnected) while catching up.
     Cancelled,
 }
@@ -154,6 +156,15 @@ impl SubscribeError {
                 format!(
                     "The gateway holds too many distinct unindexed queries (limit {limit}); add an \
                      equality on a field to the query, or try again later"
+                ),
+            )),
+            SubscribeError::RegexMemory { needed, limit } => Some(Refusal::new(
+                code::LIMIT_EXCEEDED,
+                format!(
+                    "$regex patterns of this connection's subscriptions would take {} KiB, more than \
+                     limits.regex_memory_per_connection ({} KiB)",
+                    needed.div_ceil(1024),
+                    limit / 1024
                 ),
             )),
             SubscribeError::UnknownConnection => Some(Refusal {
@@ -222,12 +233,20 @@ pub struct HubLimits {
     pub scanned_per_connection: usize,
     /// Distinct unindexed queries in the whole hub.
     pub scanned_total: usize,
+    /// Compiled `$regex` memory the subscriptions of one connection may hold (each counts the
+    /// patterns of its query, shared or not).
+    pub regex_memory_per_connection: usize,
 }
 
 impl HubLimits {
     /// `subscriptions` per connection and no other limit (tests, benches).
     pub fn per_connection(subscriptions: usize) -> HubLimits {
-        HubLimits { subscriptions_per_connection: subscriptions, scanned_per_connection: usize::MAX, scanned_total: usize::MAX }
+        HubLimits {
+            subscriptions_per_connection: subscriptions,
+            scanned_per_connection: usize::MAX,
+            scanned_total: usize::MAX,
+            regex_memory_per_connection: usize::MAX,
+        }
     }
 }
 
@@ -237,6 +256,8 @@ struct Entry {
     key: String,
     /// Unindexed: counts against the scanned budgets.
     scanned: bool,
+    /// Compiled `$regex` memory of its query.
+    regex_memory: usize,
 }
 
 struct Connection {
@@ -247,6 +268,8 @@ struct Connection {
     reserved: HashMap<RequestId, Reservation>,
     /// Live unindexed subscriptions.
     scanned: usize,
+    /// Compiled `$regex` memory of its live subscriptions.
+    regex_memory: usize,
 }
 
 impl Connection {
@@ -265,6 +288,7 @@ impl Connection {
     fn remove(&mut self, shared: &mut Shared, id: ConnectionId, request_id: &RequestId) -> bool {
         let Some(entry) = self.subscriptions.remove(request_id) else { return false };
         self.scanned -= usize::from(entry.scanned);
+        self.regex_memory -= entry.regex_memory;
         shared.remove_member(&entry, id, request_id);
         true
     }
@@ -352,7 +376,8 @@ impl Hub {
 
     pub fn register(&self, outbox: Outbox) -> ConnectionId {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let connection = Connection { outbox, subscriptions: HashMap::new(), reserved: HashMap::new(), scanned: 0 };
+        let connection =
+            Connection { outbox, subscriptions: HashMap::new(), reserved: HashMap::new(), scanned: 0, regex_memory: 0 };
         self.write().connections.insert(id, connection);
         id
     }
@@ -391,10 +416,16 @@ impl Hub {
         if scanned {
             self.check_scanned(conn, &state.shared, &subscription)?;
         }
+        let regex_memory = subscription.query.regex_memory();
+        let needed = conn.regex_memory.saturating_add(regex_memory);
+        if regex_memory > 0 && needed > self.limits.regex_memory_per_connection {
+            return Err(SubscribeError::RegexMemory { needed, limit: self.limits.regex_memory_per_connection });
+        }
         let outbox = conn.outbox.clone();
-        let entry = Entry { class: subscription.class.clone(), key: subscription.key.clone(), scanned };
+        let entry = Entry { class: subscription.class.clone(), key: subscription.key.clone(), scanned, regex_memory };
         conn.subscriptions.insert(request_id.clone(), entry);
         conn.scanned += usize::from(scanned);
+        conn.regex_memory = needed;
         let positioned = subscription.positions;
         state.shared.install((connection, request_id.clone()), subscription, outbox.clone());
         if let Start::AfterGap(_, gap) = start {
@@ -472,6 +503,7 @@ impl Hub {
         let Some(conn) = state.connections.get_mut(&connection) else { return };
         conn.reserved.clear();
         conn.scanned = 0;
+        conn.regex_memory = 0;
         for (request_id, entry) in conn.subscriptions.drain() {
             state.shared.remove_member(&entry, connection, &request_id);
         }

@@ -235,7 +235,7 @@ fn indexed_fan_out_equals_brute_force() {
 
 #[test]
 fn unindexed_queries_are_budgeted_per_connection_and_in_all() {
-    let limits = HubLimits { subscriptions_per_connection: 100, scanned_per_connection: 2, scanned_total: 3 };
+    let limits = HubLimits { scanned_per_connection: 2, scanned_total: 3, ..HubLimits::per_connection(100) };
     let hub = Hub::new(limits);
     let (a, _a_rx) = connect(&hub, 100);
     let (b, _b_rx) = connect(&hub, 100);
@@ -280,4 +280,23 @@ fn equal_projections_share_one_payload() {
     hub.disconnect(a);
     hub.disconnect(b);
     assert!(hub.read().shared.projections.is_empty(), "a projection nobody uses is forgotten");
+}
+
+#[test]
+fn regex_memory_is_budgeted_per_connection() {
+    let regex = |n: usize| subscription(json!({"a": {"$regex": format!("\\w{{10}}q{n}")}}), None, None);
+    let one = regex(0).query.regex_memory();
+    assert!(one > 0);
+    let limits = HubLimits { regex_memory_per_connection: 2 * one + one / 2, ..HubLimits::per_connection(10) };
+    let hub = Hub::new(limits);
+    let (conn, _rx) = connect(&hub, 100);
+    let try_subscribe = |id: i64, sub| hub.subscribe(conn, RequestId::from(id), sub, Start::Now).map(|_| ());
+    assert_eq!(try_subscribe(1, regex(1)), Ok(()));
+    assert_eq!(try_subscribe(2, regex(2)), Ok(()));
+    let refused = try_subscribe(3, regex(3)).unwrap_err();
+    assert!(matches!(refused, SubscribeError::RegexMemory { .. }), "{refused:?}");
+    assert!(refused.refusal().unwrap().message.contains("limits.regex_memory_per_connection"));
+    assert_eq!(try_subscribe(3, subscription(json!({"a": 1}), None, None)), Ok(()), "no regex, no cost");
+    assert!(hub.unsubscribe(conn, &RequestId::from(1)));
+    assert_eq!(try_subscribe(4, regex(4)), Ok(()), "an unsubscribe gives its memory back");
 }

@@ -335,6 +335,8 @@ impl<S> FrameGuard<S> {
     }
 
     fn admit(&mut self, chunk: &[u8]) -> Result<(), Refusal> {
+        // Measured after the whole chunk: a frame that starts and ends within one chunk never
+        // waits for more bytes, so it never touches the shared counter.
         let held = self.scanner.scan(chunk)?;
         // Over usize it could never fit anyway.
         let held = usize::try_from(held).unwrap_or(usize::MAX);

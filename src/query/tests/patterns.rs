@@ -375,6 +375,7 @@ fn matches_and_refuses_as_the_regex_crate_did() {
 fn incident_compile_and_match_now() {
     let before = crate::query::pattern::live_memory();
     let wheres = incident_wheres(3_200);
+    let rss = rss_mib();
     let started = Instant::now();
     let queries: Vec<Query> = wheres.iter().map(|w| Query::compile(w, QueryLimits::default()).unwrap()).collect();
     let compiling = started.elapsed();
@@ -385,6 +386,7 @@ fn incident_compile_and_match_now() {
     let started = Instant::now();
     let matched: usize = subjects.iter().map(|s| uses.iter().filter(|p| p.is_match(s)).count()).sum();
     let matching = started.elapsed() / subjects.len() as u32;
+    println!("now: RSS {rss:.1} MiB → {:.1} MiB after compiling and matching", rss_mib());
     println!(
         "now: {} wheres × 32 patterns compiled in {compiling:?}; live_memory {before} → {after} bytes \
          ({} per query); one row against the 3,200 patterns of 100 wheres: {matching:?} ({matched} matches)",
@@ -401,15 +403,18 @@ fn incident_compile_and_match_now() {
 #[ignore = "timing; run on a release build"]
 fn incident_compile_and_match_before() {
     let uses = 100 * 32;
+    let rss = rss_mib();
     let started = Instant::now();
     let regexes: Vec<regex::Regex> =
         (0..uses).map(|i| regex_crate(&format!(r"\w{{10}}(?:q1_{})", i % 4), "", 1_024).unwrap()).collect();
     let compiling = started.elapsed();
+    let compiled_rss = rss_mib();
     let rows = incident_rows();
     let subjects: Vec<&str> = rows.iter().filter_map(|row| row.get("s").and_then(Value::as_str)).collect();
     let started = Instant::now();
     let matched: usize = subjects.iter().map(|s| regexes.iter().filter(|r| r.is_match(s)).count()).sum();
     let matching = started.elapsed() / subjects.len() as u32;
+    println!("before: RSS {rss:.1} MiB → {compiled_rss:.1} MiB compiled → {:.1} MiB after matching", rss_mib());
     let accounted = table().share(r"\w{10}(?:q1_0)", "", 1_024).unwrap().pattern.memory();
     println!(
         "before: 100 wheres × 32 patterns ({uses} regexes) compiled in {compiling:?} (×32 for 3,200 wheres); \
@@ -432,4 +437,14 @@ fn incident_rows() -> Vec<serde_json::Map<String, Value>> {
     (0..30)
         .map(|i| obj(json!({"s": format!("row {i}: some words, then abcdefghijq1_{} and a few more words", i % 4)})))
         .collect()
+}
+
+/// This process's resident set, from `/proc/self/status` (0 where there is none).
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok());
+    kib.map_or(0.0, |kib: f64| kib / 1024.0)
 }
