@@ -1,7 +1,8 @@
 //! Catch-up for a resuming subscriber: replays the changes it missed from retained history, in
-//! order, into its outbox (waiting for the client, never dropping it), then registers it in the
-//! hub at exactly the position the replay reached, so live delivery continues with no gap and no
-//! duplicate. When the position cannot be honoured (pruned, another epoch, too far ahead) the
+//! order, into its outbox (waiting for the client, never dropping it), joins the hub where it
+//! stands with its live events held back ([`Start::Held`]), replays what was published during
+//! the first read, and then has the hub release the held events after `subscribed`: live
+//! delivery continues with no gap and no duplicate, in two reads however fast changes come. When the position cannot be honoured (pruned, another epoch, too far ahead) the
 //! subscriber is told with a gap and goes live from now.
 //!
 //! The replay runs on its own task per subscription, so neither the hub nor the client's other
@@ -71,7 +72,7 @@ impl std::fmt::Debug for Catchup {
 
 /// How a replay ended.
 enum Replayed {
-    /// Registered live where the replay ended.
+    /// Registered live where the replay ended (or after a gap found once joined).
     Live,
     /// History cannot be replayed: go live from now after telling the client.
     Gap(Gap),
@@ -105,27 +106,39 @@ impl Catchup {
         }
     }
 
-    /// Replays from `since` until the subscription is registered live where the replay ended.
+    /// Replays from `since` up to where the hub stands, joins the hub there holding live events
+    /// back, replays what was published meanwhile, then releases the held events after it. Two
+    /// reads whatever the write rate: the first may be long, the second covers only the time the
+    /// first took.
     async fn replay(&self, resume: &Resume, ticket: Reservation) -> Replayed {
         let Resume { connection, request_id, subscription, since, outbox } = resume;
         let mut cursor = since.offset;
-        loop {
-            let live = match self.reachable(*since, cursor).await {
-                Ok(live) => live,
-                Err(gap) => return Replayed::Gap(gap),
-            };
-            if let Err(ended) = self.replay_upto(resume, &mut cursor, live).await {
-                return ended;
+        let live = match self.reachable(*since, cursor).await {
+            Ok(live) => live,
+            Err(gap) => return Replayed::Gap(gap),
+        };
+        if let Err(ended) = self.replay_upto(resume, &mut cursor, live).await {
+            return ended;
+        }
+        let joined = match self.hub.subscribe(*connection, request_id.clone(), subscription.clone(), Start::Held(ticket)) {
+            Ok(joined) => joined,
+            Err(e) => {
+                refuse(outbox, request_id.clone(), &e);
+                return Replayed::Gone;
             }
-            let at = Start::At(Position::new(since.epoch, cursor), ticket);
-            match self.hub.subscribe(*connection, request_id.clone(), subscription.clone(), at) {
-                Ok(_) => return Replayed::Live,
-                // Live delivery moved on while we read: replay the difference and try again.
-                Err(SubscribeError::Moved(_)) => continue,
-                Err(e) => {
-                    refuse(outbox, request_id.clone(), &e);
-                    return Replayed::Gone;
-                }
+        };
+        // From here on, live events are held for this subscription: history supplies the rest.
+        let gap = match self.replay_upto(resume, &mut cursor, joined.offset).await {
+            Ok(()) if joined.epoch == since.epoch => None,
+            Ok(()) => Some(Gap::Reset),
+            Err(Replayed::Gap(gap)) => Some(gap),
+            Err(ended) => return ended,
+        };
+        match self.hub.release(*connection, request_id, ticket, gap) {
+            Ok(_) => Replayed::Live,
+            Err(e) => {
+                refuse(outbox, request_id.clone(), &e);
+                Replayed::Gone
             }
         }
     }

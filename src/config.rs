@@ -124,8 +124,8 @@ impl Default for LimitsConfig {
             in_list: 1_000,
             regex_bytes: 1_024,
             regexes_per_query: 32,
-            regex_memory_per_query: 16 * 1024 * 1024,
-            regex_memory_per_connection: 32 * 1024 * 1024,
+            regex_memory_per_query: 40 * 1024 * 1024,
+            regex_memory_per_connection: 64 * 1024 * 1024,
             regex_memory_total: 256 * 1024 * 1024,
         }
     }

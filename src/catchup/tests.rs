@@ -23,6 +23,8 @@ struct Changes {
     floor: Arc<Mutex<i64>>,
     changes: Arc<Mutex<Vec<Change>>>,
     before_read: Arc<Mutex<Option<Hook>>>,
+    /// Runs before every read.
+    every_read: Arc<Mutex<Option<Hook>>>,
     gate: Option<Arc<Notify>>,
 }
 
@@ -33,6 +35,7 @@ impl Changes {
             floor: Arc::default(),
             changes: Arc::new(Mutex::new((1..=upto).map(change).collect())),
             before_read: Arc::default(),
+            every_read: Arc::default(),
             gate: None,
         }
     }
@@ -43,6 +46,9 @@ impl HistorySource for Changes {
         Box::pin(async move {
             let hook = self.before_read.lock().unwrap().take();
             if let Some(mut hook) = hook {
+                hook();
+            }
+            if let Some(hook) = self.every_read.lock().unwrap().as_mut() {
                 hook();
             }
             if let Some(gate) = &self.gate {
@@ -249,4 +255,34 @@ async fn a_resume_further_behind_than_the_replay_limit_gets_an_expired_gap() {
     // At the limit, the replay happens.
     client.resume(Position::new(epoch, 10), json!({"n": {"$gt": 28}}));
     assert_eq!(client.until_settled().await, ["create 29", "create 30", "subscribed 30"]);
+}
+
+#[tokio::test]
+async fn a_replay_converges_while_changes_keep_coming() {
+    let epoch = Uuid::new_v4();
+    let history = Changes::new(epoch, 5);
+    let mut client = client(epoch, 5, history.clone());
+    // A change is committed and fanned out during every read of history.
+    let (hub, changes) = (client.hub.clone(), history.changes.clone());
+    let mut next = 6;
+    *history.every_read.lock().unwrap() = Some(Box::new(move || {
+        changes.lock().unwrap().push(change(next));
+        hub.publish(&change(next));
+        next += 1;
+    }));
+    client.resume(Position::new(epoch, 0), json!({}));
+    let seen = client.until_settled().await;
+    let live_at: i64 = seen.last().unwrap().strip_prefix("subscribed ").unwrap().parse().unwrap();
+    let replayed: Vec<String> = (1..=live_at).map(|p| format!("create {p}")).collect();
+    assert_eq!(seen[..seen.len() - 1], replayed[..], "every change up to where it went live, once, in order");
+    // What was published while it finished was held, and follows `subscribed` in order.
+    *history.every_read.lock().unwrap() = None;
+    let mut held = Vec::new();
+    while let Ok(Outgoing::Event(d)) = client.rx.try_recv() {
+        held.push(d.payload.position.offset);
+    }
+    let head = client.hub.position().offset;
+    assert_eq!(held, ((live_at + 1)..=head).collect::<Vec<_>>(), "then every later change, once");
+    client.hub.publish(&change(head + 1));
+    assert!(matches!(client.rx.try_recv(), Ok(Outgoing::Event(d)) if d.payload.position.offset == head + 1));
 }

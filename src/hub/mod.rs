@@ -27,7 +27,7 @@ use payload::PayloadCache;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::{Map, Value};
 
@@ -122,8 +122,6 @@ pub enum SubscribeError {
     TooManySubscriptions {
         limit: usize,
     },
-    /// The hub has published past the requested position; catch up to this one and retry.
-    Moved(Position),
     /// The connection holds `limit` unindexed queries already.
     TooManyScannedQueries { limit: usize },
     /// The gateway holds `limit` distinct unindexed queries already.
@@ -172,7 +170,7 @@ impl SubscribeError {
                 message: "Can not find this client, make sure you connect to server before subscribing".into(),
                 reconnect: true,
             }),
-            SubscribeError::Moved(_) | SubscribeError::Cancelled => None,
+            SubscribeError::Cancelled => None,
         }
     }
 }
@@ -185,8 +183,10 @@ pub enum Start {
     /// Live from the current position, taking up the [`Hub::reserve`]d requestId, after telling
     /// the client that history could not be replayed (the gap precedes `subscribed`).
     AfterGap(Reservation, Gap),
-    /// Taking up the reserved requestId, only if the hub stands exactly at this position.
-    At(Position, Reservation),
+    /// Taking up the reserved requestId, live from the current position, but holding its events
+    /// (unsent, in order) until [`Hub::release`]: catch-up replays history up to that position
+    /// meanwhile, however far live delivery moves on.
+    Held(Reservation),
 }
 
 /// A ticket for one reservation, so that a stale catch-up for a reused requestId can never take
@@ -208,6 +208,34 @@ struct Member {
     identity: Identity,
     hidden: Option<Arc<[String]>>,
     positions: bool,
+    /// While catch-up finishes: the events held back, and the position it went live at.
+    held: Option<Mutex<Held>>,
+}
+
+/// What a [`Start::Held`] subscription receives before [`Hub::release`].
+struct Held {
+    ticket: Reservation,
+    /// Live from here: everything after it is in `items`.
+    live: Position,
+    items: Vec<Outgoing>,
+    /// More arrived than the connection's queue could take: it is closed on release.
+    overflowed: bool,
+}
+
+impl Member {
+    /// Queues `item`, or holds it back while the subscription is held. Never waits.
+    fn deliver(&self, item: Outgoing) {
+        let Some(held) = &self.held else {
+            self.outbox.push(item);
+            return;
+        };
+        let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.items.len() < self.outbox.capacity() {
+            held.items.push(item);
+        } else {
+            held.overflowed = true;
+        }
+    }
 }
 
 struct Group {
@@ -293,15 +321,14 @@ impl Connection {
         true
     }
 
-    /// Checks that `start` may take up `request_id` with the hub at `live`.
-    fn admits(&self, request_id: &RequestId, start: Start, live: Position) -> Result<(), SubscribeError> {
+    /// Checks that `start` may take up `request_id`: a reservation must still be the caller's.
+    fn admits(&self, request_id: &RequestId, start: Start) -> Result<(), SubscribeError> {
         match start {
             Start::Now => Ok(()),
-            Start::AfterGap(ticket, _) | Start::At(_, ticket) if self.reserved.get(request_id) != Some(&ticket) => {
+            Start::AfterGap(ticket, _) | Start::Held(ticket) if self.reserved.get(request_id) != Some(&ticket) => {
                 Err(SubscribeError::Cancelled)
             }
-            Start::At(at, _) if at != live => Err(SubscribeError::Moved(live)),
-            Start::AfterGap(..) | Start::At(..) => Ok(()),
+            Start::AfterGap(..) | Start::Held(_) => Ok(()),
         }
     }
 }
@@ -359,7 +386,7 @@ impl Hub {
         }
         for group in state.shared.classes.values().flat_map(|c| c.groups.values()) {
             for ((_, request_id), member) in group.members.iter().filter(|(_, m)| m.positions) {
-                member.outbox.push(Outgoing::Gap { request_id: request_id.clone(), gap: Gap::Reset, position: at });
+                member.deliver(Outgoing::Gap { request_id: request_id.clone(), gap: Gap::Reset, position: at });
             }
         }
     }
@@ -410,7 +437,7 @@ impl Hub {
         let state = &mut *state;
         let live = self.live(state);
         let conn = state.connections.get_mut(&connection).ok_or(SubscribeError::UnknownConnection)?;
-        conn.admits(&request_id, start, live)?;
+        conn.admits(&request_id, start)?;
         conn.vacate(&mut state.shared, connection, &request_id, self.limits.subscriptions_per_connection)?;
         let scanned = subscription.index.is_none();
         if scanned {
@@ -427,12 +454,62 @@ impl Hub {
         conn.scanned += usize::from(scanned);
         conn.regex_memory = needed;
         let positioned = subscription.positions;
-        state.shared.install((connection, request_id.clone()), subscription, outbox.clone());
+        let held = match start {
+            Start::Held(ticket) => Some(Held { ticket, live, items: Vec::new(), overflowed: false }),
+            Start::Now | Start::AfterGap(..) => None,
+        };
+        let confirm = held.is_none();
+        state.shared.install((connection, request_id.clone()), subscription, outbox.clone(), held);
         if let Start::AfterGap(_, gap) = start {
             outbox.push(Outgoing::Gap { request_id: request_id.clone(), gap, position: live });
         }
-        outbox.push(Outgoing::Subscribed { request_id, position: live, positioned });
+        if confirm {
+            outbox.push(Outgoing::Subscribed { request_id, position: live, positioned });
+        }
         Ok(live)
+    }
+
+    /// Ends the hold of a [`Start::Held`] subscription: queues `gap` (when history could not be
+    /// replayed after all), `subscribed` at the position it went live at, then every event held
+    /// back, in order, under the write lock, so nothing can come between. Returns that position.
+    pub fn release(
+        &self,
+        connection: ConnectionId,
+        request_id: &RequestId,
+        ticket: Reservation,
+        gap: Option<Gap>,
+    ) -> Result<Position, SubscribeError> {
+        let mut state = self.write();
+        let state = &mut *state;
+        let conn = state.connections.get(&connection).ok_or(SubscribeError::UnknownConnection)?;
+        let entry = conn.subscriptions.get(request_id).ok_or(SubscribeError::Cancelled)?;
+        let member = state
+            .shared
+            .classes
+            .get_mut(&entry.class)
+            .and_then(|c| c.groups.get_mut(&entry.key))
+            .and_then(|g| g.members.get_mut(&(connection, request_id.clone())))
+            .ok_or(SubscribeError::Cancelled)?;
+        if member.held.as_ref().is_none_or(|h| h.lock().unwrap_or_else(|e| e.into_inner()).ticket != ticket) {
+            return Err(SubscribeError::Cancelled);
+        }
+        let Some(held) = member.held.take().map(|h| h.into_inner().unwrap_or_else(|e| e.into_inner())) else {
+            return Err(SubscribeError::Cancelled);
+        };
+        let outbox = &member.outbox;
+        if held.overflowed {
+            outbox.close();
+            return Ok(held.live);
+        }
+        if let Some(gap) = gap {
+            outbox.push(Outgoing::Gap { request_id: request_id.clone(), gap, position: held.live });
+        }
+        let positioned = member.positions;
+        outbox.push(Outgoing::Subscribed { request_id: request_id.clone(), position: held.live, positioned });
+        for item in held.items {
+            outbox.push(item);
+        }
+        Ok(held.live)
     }
 
     /// Whether one more unindexed subscription fits, on the connection and (if its query is
@@ -545,7 +622,7 @@ impl Hub {
                         continue;
                     };
                     let payload = payloads.get(shape, member.keys.as_ref(), member.hidden.as_ref());
-                    member.outbox.push(Outgoing::Event(Delivery {
+                    member.deliver(Outgoing::Event(Delivery {
                         op: shape.op(),
                         request_id: request_id.clone(),
                         payload,
@@ -582,7 +659,13 @@ pub fn replay(subscription: &Subscription, request_id: &RequestId, change: &Chan
 impl Shared {
     /// Files a subscriber in its query's group, creating the group (and its index entry) if it
     /// is the first with that query; its projection is interned.
-    fn install(&mut self, member_key: (ConnectionId, RequestId), subscription: Subscription, outbox: Outbox) {
+    fn install(
+        &mut self,
+        member_key: (ConnectionId, RequestId),
+        subscription: Subscription,
+        outbox: Outbox,
+        held: Option<Held>,
+    ) {
         let keys = subscription.keys.map(|keys| self.intern(keys));
         let class = self.classes.entry(subscription.class).or_default();
         let group = match class.groups.entry(subscription.key) {
@@ -600,6 +683,7 @@ impl Shared {
             identity: subscription.identity,
             hidden: subscription.hidden,
             positions: subscription.positions,
+            held: held.map(Mutex::new),
         };
         group.members.insert(member_key, member);
     }

@@ -138,6 +138,11 @@ impl Outbox {
         }
     }
 
+    /// How many frames the queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
     /// Whether more than half of either budget is taken.
     fn crowded(&self) -> bool {
         self.tx.capacity() < self.tx.max_capacity() / 2 || self.queued.load(Ordering::Acquire) > self.max_bytes / 2

@@ -300,3 +300,27 @@ fn regex_memory_is_budgeted_per_connection() {
     assert!(hub.unsubscribe(conn, &RequestId::from(1)));
     assert_eq!(try_subscribe(4, regex(4)), Ok(()), "an unsubscribe gives its memory back");
 }
+
+#[test]
+fn a_held_subscription_gets_its_events_after_subscribed_and_overflow_closes_it() {
+    let hub = Hub::new(HubLimits::per_connection(10));
+    let (conn, mut rx) = connect(&hub, 4);
+    let row = || image(json!({"className": "Msg", "objectId": "1"}));
+    let ticket = hub.reserve(conn, RequestId::from(1)).unwrap();
+    let live = hub.subscribe(conn, RequestId::from(1), subscription(json!({}), None, None), Start::Held(ticket)).unwrap();
+    hub.publish(&change(ChangeKind::Insert, None, row()));
+    assert!(rx.try_recv().is_err(), "held back");
+    assert_eq!(hub.release(conn, &RequestId::from(1), ticket, None), Ok(live));
+    assert!(matches!(rx.try_recv(), Ok(Outgoing::Subscribed { position, .. }) if position == live));
+    assert!(matches!(rx.try_recv(), Ok(Outgoing::Event(_))));
+    assert_eq!(hub.release(conn, &RequestId::from(1), ticket, None), Err(SubscribeError::Cancelled), "once");
+    // More than the queue could take while held: the client is too slow, closed on release.
+    let ticket = hub.reserve(conn, RequestId::from(2)).unwrap();
+    hub.subscribe(conn, RequestId::from(2), subscription(json!({"n": 1}), None, None), Start::Held(ticket)).unwrap();
+    let n1 = || image(json!({"className": "Msg", "objectId": "2", "n": 1}));
+    for _ in 0..5 {
+        hub.publish(&change(ChangeKind::Insert, None, n1()));
+    }
+    hub.release(conn, &RequestId::from(2), ticket, None).unwrap();
+    assert!(hub.read().connections[&conn].outbox.is_closed());
+}
