@@ -605,4 +605,72 @@ mod tests {
         .to_string();
         assert_eq!(invalid(&frame), "Array items are not unique (indices 3 and 10001)");
     }
+
+    /// Random frames, well-formed and mangled: `decode` always answers and never panics. The
+    /// CI run is short; `LIVEGATE_FUZZ_ITERATIONS` runs it longer (and `LIVEGATE_FUZZ_SEED`
+    /// another sequence).
+    #[test]
+    fn random_frames_never_panic() {
+        let iterations = std::env::var("LIVEGATE_FUZZ_ITERATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(20_000);
+        let seed = std::env::var("LIVEGATE_FUZZ_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(7);
+        let mut rng = crate::testing::Rng::new(seed);
+        for _ in 0..iterations {
+            let frame = random_frame(&mut rng);
+            let frame = if rng.chance(30) { mangle(&mut rng, &frame) } else { frame };
+            if let Decoded::Request(Request::Subscribe(s) | Request::Update(s)) = decode(&frame) {
+                for list in [&s.keys, &s.watch].into_iter().flatten() {
+                    let unique: std::collections::HashSet<&String> = list.iter().collect();
+                    assert_eq!(unique.len(), list.len(), "accepted a repeated name: {frame}");
+                }
+            }
+        }
+    }
+
+    const NUMBERS: &[&str] = &["1", "-0", "1e15", "1000000000000000", "1.5", "1e400", "-1e400", "1e-400", "9007199254740993", "0.1"];
+
+    fn random_frame(rng: &mut crate::testing::Rng) -> String {
+        let op = *rng.pick(&["connect", "subscribe", "update", "unsubscribe", "nope", ""]);
+        let id = *rng.pick(NUMBERS);
+        let names = |rng: &mut crate::testing::Rng| {
+            let n = rng.below(5);
+            (0..n).map(|_| format!("\"{}\"", rng.pick(&["a", "b", "c", "", "a.b"]))).collect::<Vec<_>>().join(",")
+        };
+        let value = |rng: &mut crate::testing::Rng| match rng.below(6) {
+            0 => rng.pick(NUMBERS).to_string(),
+            1 => "\"x\"".to_string(),
+            2 => "null".to_string(),
+            3 => format!("{{\"$regex\":\"{}\"}}", rng.pick(&["a+", "(", "\\\\Q"])),
+            4 => format!("[{}]", rng.pick(NUMBERS)),
+            _ => format!("{{\"$in\":[{}]}}", rng.pick(NUMBERS)),
+        };
+        let where_ = format!("{{\"n\":{},\"s\":{}}}", value(rng), value(rng));
+        let (keys, watch) = (names(rng), names(rng));
+        match rng.below(4) {
+            0 => format!("{{\"op\":\"{op}\",\"applicationId\":\"a\",\"sessionToken\":{}}}", value(rng)),
+            1 => format!("{{\"op\":\"{op}\",\"requestId\":{id}}}"),
+            _ => format!(
+                "{{\"op\":\"{op}\",\"requestId\":{id},\"query\":{{\"className\":\"C\",\"where\":{where_},\
+                 \"keys\":[{keys}],\"watch\":[{watch}]}},\"since\":\"now\"}}"
+            ),
+        }
+    }
+
+    /// The frame with a few bytes cut, repeated or replaced (kept valid UTF-8).
+    fn mangle(rng: &mut crate::testing::Rng, frame: &str) -> String {
+        let mut chars: Vec<char> = frame.chars().collect();
+        for _ in 0..1 + rng.below(3) {
+            if chars.is_empty() {
+                break;
+            }
+            let at = rng.below(chars.len());
+            match rng.below(3) {
+                0 => {
+                    chars.remove(at);
+                }
+                1 => chars.insert(at, *rng.pick(&['{', '}', '"', '\\', ',', ':', '9', 'e', '\u{0}', 'é'])),
+                _ => chars.truncate(at),
+            }
+        }
+        chars.into_iter().collect()
+    }
 }

@@ -213,8 +213,9 @@ async fn start_up_creates_the_database_and_reports_bad_tables() {
     assert!(error.to_string().contains("does not exist"), "{error}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_is_caught_up_in_order_after_reconnect() {
+/// A gateway that reaches its database through a [`Proxy`] the test can cut; writers reach the
+/// database directly.
+async fn behind_proxy() -> (TestApp, Proxy) {
     let db = TestDb::create().await;
     db.execute(crate::support::MESSAGES).await;
     let upstream = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url).unwrap().get_port();
@@ -226,6 +227,12 @@ async fn a_database_outage_is_caught_up_in_order_after_reconnect() {
         c.feed.tables = vec!["messages".into()];
     })
     .await;
+    (app, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_caught_up_in_order_after_reconnect() {
+    let (app, proxy) = behind_proxy().await;
     let mut client = app.subscriber(json!({})).await;
     app.db.execute("insert into messages (room, n) values ('before', 0)").await;
     assert_eq!(client.expect_event("create").await["object"]["room"], "before");
@@ -256,16 +263,7 @@ async fn a_database_outage_is_caught_up_in_order_after_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_answers_503_while_the_database_is_lost() {
-    let db = TestDb::create().await;
-    db.execute(crate::support::MESSAGES).await;
-    let upstream = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url).unwrap().get_port();
-    let proxy = Proxy::start(upstream).await;
-    let through_proxy = db.url.replacen(&format!(":{upstream}/"), &format!(":{}/", proxy.port), 1);
-    let app = TestApp::spawn_on(db, |c| {
-        c.database.url = through_proxy;
-        c.feed.tables = vec!["messages".into()];
-    })
-    .await;
+    let (app, proxy) = behind_proxy().await;
     let app = &app;
     let until = |want: u16| async move {
         for _ in 0..100 {
