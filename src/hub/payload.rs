@@ -57,17 +57,37 @@ fn address(list: Option<&Arc<[String]>>) -> usize {
     list.map_or(0, |list| Arc::as_ptr(list) as *const String as usize)
 }
 
+/// Entries kept in a plain list before a hash map takes over: most changes meet one or two
+/// projections, and comparing a few keys beats hashing them.
+const LISTED: usize = 8;
+
 /// Payloads of one change, encoded on first use and shared by every subscriber with the same
 /// event shape and projection.
 pub(super) struct PayloadCache<'a> {
     change: &'a Change,
     position: Position,
-    entries: HashMap<CacheKey, Arc<Payload>>,
+    listed: Vec<(CacheKey, Arc<Payload>)>,
+    hashed: HashMap<CacheKey, Arc<Payload>>,
 }
 
 impl<'a> PayloadCache<'a> {
     pub(super) fn new(change: &'a Change, position: Position) -> Self {
-        PayloadCache { change, position, entries: HashMap::new() }
+        PayloadCache { change, position, listed: Vec::new(), hashed: HashMap::new() }
+    }
+
+    fn cached(&self, key: &CacheKey) -> Option<&Arc<Payload>> {
+        match self.listed.iter().find(|(k, _)| k == key) {
+            Some((_, payload)) => Some(payload),
+            None => self.hashed.get(key),
+        }
+    }
+
+    fn keep(&mut self, key: CacheKey, payload: Arc<Payload>) {
+        if self.listed.len() < LISTED {
+            self.listed.push((key, payload));
+        } else if self.hashed.len() < CACHED_PAYLOADS {
+            self.hashed.insert(key, payload);
+        }
     }
 
     pub(super) fn get(
@@ -77,7 +97,7 @@ impl<'a> PayloadCache<'a> {
         hidden: Option<&Arc<[String]>>,
     ) -> Arc<Payload> {
         let key = (shape, address(keys), address(hidden));
-        if let Some(payload) = self.entries.get(&key) {
+        if let Some(payload) = self.cached(&key) {
             return payload.clone();
         }
         let (object, original) = shape.images(self.change);
@@ -86,10 +106,8 @@ impl<'a> PayloadCache<'a> {
             object: object.map(|o| encode(&o.object, keys, hidden)).unwrap_or_else(|| "{}".into()),
             original: original.map(|o| encode(&o.object, keys, hidden)),
         });
-        if self.entries.len() < CACHED_PAYLOADS {
-            // The key's addresses stay valid: the lists outlive this change's fan-out.
-            self.entries.insert(key, payload.clone());
-        }
+        // The key's addresses stay valid: the lists outlive this change's fan-out.
+        self.keep(key, payload.clone());
         payload
     }
 }
