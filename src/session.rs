@@ -38,10 +38,64 @@ pub struct SessionSettings {
     pub request_burst: u32,
 }
 
+/// What every frame to a client names it by.
 #[derive(Debug, Clone)]
-struct Client {
+struct ClientIds {
     client_id: String,
     installation_id: Option<String>,
+}
+
+/// Frames outbox items for a connection's client. It needs only the client's ids, so the
+/// transport can keep sending while the session is busy (awaiting a token lookup).
+#[derive(Debug, Clone, Default)]
+pub struct Framer(Arc<std::sync::Mutex<Option<ClientIds>>>);
+
+impl Framer {
+    fn set(&self, ids: Option<ClientIds>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ids;
+    }
+
+    /// The text frame for one outbox item, or `None` for an event before `connect`.
+    pub fn frame(&self, item: Outgoing) -> Option<String> {
+        if let Outgoing::Text(text) = item {
+            return Some(text);
+        }
+        let ids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let ids = ids.as_ref()?;
+        let text = match item {
+            Outgoing::Text(text) => text,
+            Outgoing::Event(delivery) => {
+                let position = delivery.positioned.then(|| delivery.payload.position.to_string());
+                protocol::encode_event(
+                    delivery.op,
+                    &ids.client_id,
+                    ids.installation_id.as_deref(),
+                    &delivery.request_id,
+                    &delivery.payload.object,
+                    delivery.payload.original.as_deref(),
+                    position.as_deref(),
+                )
+            }
+            Outgoing::Subscribed { request_id, position, positioned } => {
+                let position = position.to_string();
+                let reply =
+                    if positioned { Reply::SubscribedAt(&request_id, &position) } else { Reply::Subscribed(&request_id) };
+                reply_text(ids, &reply)
+            }
+            Outgoing::Refused { request_id, refusal } => refusal_text(&refusal, &request_id),
+            Outgoing::Gap { request_id, gap, position } => {
+                let position = position.to_string();
+                let reply = Reply::Gap { request_id: &request_id, reason: gap.as_str(), position: &position };
+                reply_text(ids, &reply)
+            }
+        };
+        Some(text)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Client {
+    ids: ClientIds,
     master: bool,
     token: Option<Verified>,
 }
@@ -77,6 +131,7 @@ pub struct ParseSession {
     last_check: Instant,
     /// Requests that cost work (token lookups, query compilation).
     requests: TokenBucket,
+    framer: Framer,
 }
 
 impl ParseSession {
@@ -95,6 +150,7 @@ impl ParseSession {
             suspended: HashMap::new(),
             last_check: Instant::now(),
             requests,
+            framer: Framer::default(),
         }
     }
 
@@ -117,41 +173,12 @@ impl ParseSession {
 
     /// The text frame for one outbox item, or `None` for an event before `connect`.
     pub fn frame(&self, item: Outgoing) -> Option<String> {
-        if let Outgoing::Text(text) = item {
-            return Some(text);
-        }
-        let client = self.client.as_ref()?;
-        let text = match item {
-            Outgoing::Text(text) => text,
-            Outgoing::Event(delivery) => {
-                let position = delivery.positioned.then(|| delivery.payload.position.to_string());
-                protocol::encode_event(
-                    delivery.op,
-                    &client.client_id,
-                    client.installation_id.as_deref(),
-                    &delivery.request_id,
-                    &delivery.payload.object,
-                    delivery.payload.original.as_deref(),
-                    position.as_deref(),
-                )
-            }
-            Outgoing::Subscribed { request_id, position, positioned } => {
-                let position = position.to_string();
-                let reply = if positioned {
-                    Reply::SubscribedAt(&request_id, &position)
-                } else {
-                    Reply::Subscribed(&request_id)
-                };
-                reply_text(client, &reply)
-            }
-            Outgoing::Refused { request_id, refusal } => refusal_text(&refusal, &request_id),
-            Outgoing::Gap { request_id, gap, position } => {
-                let position = position.to_string();
-                let reply = Reply::Gap { request_id: &request_id, reason: gap.as_str(), position: &position };
-                reply_text(client, &reply)
-            }
-        };
-        Some(text)
+        self.framer.frame(item)
+    }
+
+    /// A framer that follows this session's client, for use while the session is busy.
+    pub fn framer(&self) -> Framer {
+        self.framer.clone()
     }
 
     async fn on_request(&mut self, request: Request) {
@@ -188,12 +215,9 @@ impl ParseSession {
         self.hub.unsubscribe_all(self.connection);
         self.held.clear();
         self.suspended.clear();
-        let client = Client {
-            client_id: uuid::Uuid::new_v4().to_string(),
-            installation_id: connect.installation_id,
-            master,
-            token,
-        };
+        let ids = ClientIds { client_id: uuid::Uuid::new_v4().to_string(), installation_id: connect.installation_id };
+        self.framer.set(Some(ids.clone()));
+        let client = Client { ids, master, token };
         self.push_reply(&client, &Reply::Connected);
         self.client = Some(client);
     }
@@ -394,7 +418,7 @@ impl ParseSession {
     }
 
     fn unknown_subscription(&self, request_id: &RequestId) {
-        let client_id = self.client.as_ref().map(|c| c.client_id.as_str()).unwrap_or_default();
+        let client_id = self.client.as_ref().map(|c| c.ids.client_id.as_str()).unwrap_or_default();
         self.error(
             code::NOT_FOUND,
             &format!(
@@ -411,12 +435,12 @@ impl ParseSession {
     }
 
     fn push_reply(&self, client: &Client, reply: &Reply<'_>) {
-        self.outbox.push(Outgoing::Text(reply_text(client, reply)));
+        self.outbox.push(Outgoing::Text(reply_text(&client.ids, reply)));
     }
 }
 
-fn reply_text(client: &Client, reply: &Reply<'_>) -> String {
-    encode_reply(reply, &client.client_id, client.installation_id.as_deref())
+fn reply_text(ids: &ClientIds, reply: &Reply<'_>) -> String {
+    encode_reply(reply, &ids.client_id, ids.installation_id.as_deref())
 }
 
 /// The error frame for a refused subscription: one that concerns the connection (reconnect)

@@ -15,9 +15,9 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use super::frame_guard::{FrameGuard, FrameLimits, ReceiveBudget, Refusal, Verdict};
 use super::sleep_until;
-use crate::hub::{Outbox, QueueBudget};
+use crate::hub::{Outbox, Outgoing, Queue, QueueBudget};
 use crate::quota::{Gate, Kind, Permit};
-use crate::session::{ParseSession, SessionSettings};
+use crate::session::{Framer, ParseSession, SessionSettings};
 
 /// The `[websocket]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -90,36 +90,32 @@ async fn serve(
 ) {
     let (outbox, mut queue) = Outbox::new(settings.send_queue);
     let mut session = ParseSession::new(settings.session.clone(), outbox.clone());
+    let framer = session.framer();
     let mut ping = interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
 
     let close: Option<CloseReason> = loop {
+        let mut sender = Sender { socket: &mut socket, queue: &mut queue, framer: &framer, outbox: &outbox };
         tokio::select! {
             biased;
-            _ = outbox.closed() => break Some(reason(CloseCode::Policy, "send queue full: client too slow")),
-            message = stream.recv() => match message {
-                None | Some(Ok(AggregatedMessage::Close(_))) => break None,
-                Some(Ok(AggregatedMessage::Text(text))) => session.on_text(&text).await,
-                Some(Ok(AggregatedMessage::Binary(_))) => session.on_binary(),
-                Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                    if socket.pong(&bytes).await.is_err() {
-                        break None;
-                    }
-                }
-                Some(Ok(AggregatedMessage::Pong(_))) => awaiting_pong = false,
-                Some(Err(e)) => break Some(receive_error(e, &verdict)),
-            },
-            item = queue.recv() => {
-                let Some(item) = item else { break None };
-                let Some(text) = session.frame(item) else { continue };
-                // The socket's own buffer may be full too: keep watching for overflow meanwhile.
-                tokio::select! {
-                    sent = socket.text(text) => if sent.is_err() { break None },
-                    _ = outbox.closed() => break Some(reason(CloseCode::Policy, "send queue full: client too slow")),
+            _ = outbox.closed() => break Some(too_slow()),
+            message = stream.recv() => {
+                if let Err(close) = received(message, &mut session, &mut sender, &verdict, &mut awaiting_pong).await {
+                    break close;
                 }
             }
-            _ = sleep_until(session.next_check()) => session.revalidate().await,
+            item = sender.queue.recv() => {
+                let Some(item) = item else { break None };
+                if let Err(close) = sender.send(item).await {
+                    break close;
+                }
+            }
+            _ = sleep_until(session.next_check()) => {
+                if let Err(close) = sender.send_while(session.revalidate()).await {
+                    break close;
+                }
+            }
             _ = ping.tick() => {
                 if awaiting_pong {
                     tracing::debug!("websocket peer missed a pong; dropping it");
@@ -135,6 +131,74 @@ async fn serve(
     // Leave the hub before the (possibly slow) close handshake.
     drop(session);
     let _ = socket.close(close).await;
+}
+
+/// Handles one message from the client (or the end of its stream).
+async fn received(
+    message: Option<Result<AggregatedMessage, ProtocolError>>,
+    session: &mut ParseSession,
+    sender: &mut Sender<'_>,
+    verdict: &Verdict,
+    awaiting_pong: &mut bool,
+) -> Result<(), Stopped> {
+    match message {
+        None | Some(Ok(AggregatedMessage::Close(_))) => Err(None),
+        Some(Ok(AggregatedMessage::Text(text))) => sender.send_while(session.on_text(&text)).await,
+        Some(Ok(AggregatedMessage::Binary(_))) => {
+            session.on_binary();
+            Ok(())
+        }
+        Some(Ok(AggregatedMessage::Ping(bytes))) => sender.socket.pong(&bytes).await.map_err(|_| None),
+        Some(Ok(AggregatedMessage::Pong(_))) => {
+            *awaiting_pong = false;
+            Ok(())
+        }
+        Some(Err(e)) => Err(Some(receive_error(e, verdict))),
+    }
+}
+
+/// The sending side of a connection: the queue drained into the socket.
+struct Sender<'a> {
+    socket: &'a mut actix_ws::Session,
+    queue: &'a mut Queue,
+    framer: &'a Framer,
+    outbox: &'a Outbox,
+}
+
+/// Why sending stopped: the close to send, if any.
+type Stopped = Option<CloseReason>;
+
+impl Sender<'_> {
+    /// Frames and writes one item; the socket's own buffer may be full too, so overflow of the
+    /// queue is watched meanwhile.
+    async fn send(&mut self, item: Outgoing) -> Result<(), Stopped> {
+        let Some(text) = self.framer.frame(item) else { return Ok(()) };
+        tokio::select! {
+            sent = self.socket.text(text) => sent.map_err(|_| None),
+            _ = self.outbox.closed() => Err(Some(too_slow())),
+        }
+    }
+
+    /// Runs `work` (a frame's handling, a token re-check) while still sending what the queue
+    /// holds: a slow token lookup never holds up the connection's events.
+    async fn send_while(&mut self, work: impl std::future::Future<Output = ()>) -> Result<(), Stopped> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut work => return Ok(()),
+                _ = self.outbox.closed() => return Err(Some(too_slow())),
+                item = self.queue.recv() => match item {
+                    Some(item) => self.send(item).await?,
+                    None => return Err(None),
+                },
+            }
+        }
+    }
+}
+
+fn too_slow() -> CloseReason {
+    reason(CloseCode::Policy, "send queue full: client too slow")
 }
 
 /// The close a receive error earns. The guard's verdict comes first: its refusal reaches this

@@ -152,3 +152,24 @@ async fn unread_sse_streams_leave_the_hub_once_their_queue_fills() {
     assert_eq!(ws.expect_event("create").await["object"]["room"], "fresh");
     drop(streams);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_token_lookup_never_holds_up_the_connections_events() {
+    let app = TestApp::spawn_with(|c| {
+        c.sessions.query =
+            "select user_id, roles, expires_at from livegate.sessions, pg_sleep(2) where token = $1".into();
+    })
+    .await;
+    app.db.execute("insert into livegate.sessions (token, user_id) values ('slow', 'u1')").await;
+    let mut ws = app.subscriber(json!({"room": "lobby"})).await;
+    ws.send(json!({"op": "subscribe", "requestId": 2, "sessionToken": "slow",
+        "query": {"className": "messages", "where": {"room": "other"}}}))
+        .await;
+    let started = std::time::Instant::now();
+    app.db.execute("insert into messages (room) values ('lobby')").await;
+    let event = ws.expect_event("create").await;
+    assert_eq!(event["requestId"], 1);
+    assert!(started.elapsed() < Duration::from_millis(1_500), "delivered while the lookup ran: {:?}", started.elapsed());
+    let subscribed = ws.recv().await;
+    assert_eq!((subscribed["op"].as_str(), subscribed["requestId"].as_i64()), (Some("subscribed"), Some(2)));
+}
