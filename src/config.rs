@@ -52,11 +52,14 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// actix worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// Proxies (IP addresses) whose `X-Forwarded-For` names the client, for the per-address
+    /// quotas; from any other peer the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), workers: 0 }
+        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), workers: 0, trusted_proxies: Vec::new() }
     }
 }
 
@@ -251,6 +254,7 @@ impl Config {
                 u32::try_from(limits.subscriptions_per_connection).unwrap_or(u32::MAX).max(limits.request_rate),
             ),
             connections: ConnectionLimits {
+                trusted_proxies: self.server.trusted_proxies.clone(),
                 per_ip: limits.connections_per_ip,
                 total: limits.connections_total,
                 sse_per_ip: limits.sse_streams_per_ip,

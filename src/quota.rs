@@ -8,9 +8,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// The `[limits]` keys this module applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The `[limits]` keys this module applies, and whom to believe about a client's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionLimits {
+    /// Proxies whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
+    pub trusted_proxies: Vec<IpAddr>,
     pub per_ip: usize,
     pub total: usize,
     pub sse_per_ip: usize,
@@ -138,11 +140,31 @@ impl Gate {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The address a connection counts against: its peer, or, when the peer is a trusted proxy,
+    /// the last address in `forwarded_for` (an `X-Forwarded-For` value) that is not one.
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.limits.trusted_proxies.contains(ip);
+        if !trusted(&peer) {
+            return peer;
+        }
+        let hops = forwarded_for.into_iter().flat_map(|v| v.split(',')).map(str::trim).rev();
+        for hop in hops {
+            match hop.parse::<IpAddr>() {
+                Ok(ip) if trusted(&ip) => continue,
+                Ok(ip) => return ip,
+                // Garbage from beyond the last trusted hop: the nearest address we know.
+                Err(_) => break,
+            }
+        }
+        peer
+    }
+
     pub fn admit(self: &Arc<Self>, ip: IpAddr, kind: Kind) -> Result<Permit, Turned> {
-        let limits = self.limits;
+        let limits = &self.limits;
         let mut state = self.lock();
         let state = &mut *state;
-        let attempts = || TokenBucket::new(limits.attempts_per_second_per_ip);
+        let rate = limits.attempts_per_second_per_ip;
+        let attempts = || TokenBucket::new(rate);
         let peer = state.peers.entry(ip).or_insert_with(|| Peer { open: 0, sse: 0, attempts: attempts() });
         if !peer.attempts.take() {
             return Err(Turned::Rate(limits.attempts_per_second_per_ip));
@@ -194,7 +216,18 @@ mod tests {
     use super::*;
 
     fn gate(per_ip: usize, total: usize, sse_per_ip: usize, rate: u32) -> Arc<Gate> {
-        Gate::new(ConnectionLimits { per_ip, total, sse_per_ip, attempts_per_second_per_ip: rate })
+        let trusted_proxies = vec![ip(9), ip(8)];
+        Gate::new(ConnectionLimits { trusted_proxies, per_ip, total, sse_per_ip, attempts_per_second_per_ip: rate })
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_from_trusted_proxies_only() {
+        let gate = gate(1, 1, 1, 1);
+        assert_eq!(gate.client_ip(ip(1), Some("10.0.0.5")), ip(1), "not a proxy: the header is ignored");
+        assert_eq!(gate.client_ip(ip(9), Some("10.0.0.5")), ip(5));
+        assert_eq!(gate.client_ip(ip(9), Some("1.2.3.4, 10.0.0.5, 10.0.0.8")), ip(5), "trusted hops are skipped");
+        assert_eq!(gate.client_ip(ip(9), Some("10.0.0.5, nonsense")), ip(9), "garbage stops the walk");
+        assert_eq!(gate.client_ip(ip(9), None), ip(9));
     }
 
     fn ip(last: u8) -> IpAddr {

@@ -10,12 +10,14 @@ use std::net::IpAddr;
 use actix_web::{HttpRequest, HttpResponse};
 use tokio::time::Instant;
 
-use crate::quota::Turned;
+use crate::quota::{Gate, Turned};
 
-/// The address a connection comes from, for the per-address quotas. (Behind a proxy this is
-/// the proxy: size `limits.connections_per_ip` for it.)
-fn peer_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr().map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip())
+/// The address a connection counts against in the per-address quotas: its peer, or the client
+/// a trusted proxy names (see [`Gate::client_ip`]).
+fn peer_ip(req: &HttpRequest, gate: &Gate) -> IpAddr {
+    let peer = req.peer_addr().map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+    let forwarded_for = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    gate.client_ip(peer, forwarded_for)
 }
 
 /// The answer to a connection the quotas turned away: 429 or 503 with a JSON body, and a hint

@@ -180,7 +180,7 @@ struct Admitted {
 }
 
 pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::Data<SseSettings>) -> HttpResponse {
-    let permit = match settings.gate.admit(peer_ip(&req), Kind::Sse) {
+    let permit = match settings.gate.admit(peer_ip(&req, &settings.gate), Kind::Sse) {
         Ok(permit) => permit,
         Err(turned) => return turned_away(turned),
     };

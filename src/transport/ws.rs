@@ -56,7 +56,7 @@ pub async fn upgrade(
     body: web::Payload,
     settings: web::Data<WsSettings>,
 ) -> actix_web::Result<HttpResponse> {
-    let permit = match settings.gate.admit(super::peer_ip(&req), Kind::WebSocket) {
+    let permit = match settings.gate.admit(super::peer_ip(&req, &settings.gate), Kind::WebSocket) {
         Ok(permit) => permit,
         Err(turned) => return Ok(super::turned_away(turned)),
     };

@@ -173,3 +173,22 @@ async fn a_slow_token_lookup_never_holds_up_the_connections_events() {
     let subscribed = ws.recv().await;
     assert_eq!((subscribed["op"].as_str(), subscribed["requestId"].as_i64()), (Some("subscribed"), Some(2)));
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_quota() {
+    let app = TestApp::spawn_with(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.limits.connections_per_ip = 1;
+    })
+    .await;
+    let port = app.port;
+    let stream = |client: &'static str| async move {
+        SseClient::subscribe(port, "messages", &json!({}), "", &[("X-Forwarded-For", client)]).await
+    };
+    let first = stream("203.0.113.1").await;
+    let second = stream("198.51.100.7, 203.0.113.2").await;
+    assert_eq!((first.status, second.status), (200, 200), "two clients behind one proxy");
+    let mut again = stream("203.0.113.1").await;
+    assert_eq!(again.status, 429, "the same client twice");
+    assert!(again.json_body().await["error"].as_str().unwrap().contains("connections_per_ip = 1"));
+}
