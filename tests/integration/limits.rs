@@ -192,3 +192,44 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_quota() {
     assert_eq!(again.status, 429, "the same client twice");
     assert!(again.json_body().await["error"].as_str().unwrap().contains("connections_per_ip = 1"));
 }
+
+/// A WebSocket from `source` (another loopback address), upgraded; `None` when refused.
+async fn websocket_from(source: [u8; 4], port: u16) -> Option<impl Sized> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind((std::net::Ipv4Addr::from(source), 0).into()).ok()?;
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await.ok()?;
+    let url = format!("ws://127.0.0.1:{port}/");
+    tokio_tungstenite::client_async(url, stream).await.ok().map(|(socket, _)| socket)
+}
+
+/// The flood is CI-sized; `LIVEGATE_FLOOD` sets how many WebSockets (the whole machine's file
+/// limit is the ceiling: this process holds both ends of every connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_from_one_address_leaves_others_served() {
+    let flood: usize = std::env::var("LIVEGATE_FLOOD").ok().and_then(|n| n.parse().ok()).unwrap_or(2_000);
+    let app = TestApp::spawn_with(|c| c.limits.connection_rate_per_ip = 500).await;
+    let port = app.port;
+    let attempts: Vec<_> = (0..flood).map(|_| tokio::spawn(websocket_from([127, 0, 0, 2], port))).collect();
+    let streams: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(async move { SseClient::try_get(port, "/events/messages", &[]).await.ok() }))
+        .collect();
+    // Meanwhile, a client from another address connects and is served as usual.
+    let started = std::time::Instant::now();
+    let mut ws = app.subscriber(json!({"room": "calm"})).await;
+    app.db.execute("insert into messages (room) values ('calm')").await;
+    assert_eq!(ws.expect_event("create").await["object"]["room"], "calm");
+    let served_in = started.elapsed();
+    let mut open = Vec::new();
+    for attempt in attempts {
+        if let Some(socket) = attempt.await.unwrap() {
+            open.push(socket);
+        }
+    }
+    assert!(open.len() < flood, "the attempt rate of one address is capped ({} of {flood} got in)", open.len());
+    assert!(!open.is_empty());
+    assert!(served_in < Duration::from_secs(5), "the calm client waited {served_in:?}");
+    let mut again = app.subscriber(json!({"room": "calm"})).await;
+    app.db.execute("insert into messages (room) values ('calm')").await;
+    again.expect_event("create").await;
+    drop((open, streams));
+}
