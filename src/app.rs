@@ -22,7 +22,7 @@ use crate::hub::Hub;
 use crate::quota::Gate;
 use crate::session::SessionSettings;
 use crate::transport::frame_guard::ReceiveBudget;
-use crate::transport::sse::SseSettings;
+use crate::transport::sse::{self, SseSettings};
 use crate::transport::ws::WsSettings;
 
 /// Why the gateway could not start; `Display` is the one line shown to the operator.
@@ -167,6 +167,7 @@ fn serve(
             .app_data(web::Data::new(health.clone()))
             .configure(http::routes)
     })
+    .on_connect(sse::remember_socket)
     .shutdown_timeout(5)
     .disable_signals();
     if server.workers > 0 {

@@ -185,7 +185,7 @@ pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::D
         Err(turned) => return turned_away(turned),
     };
     match admit(&req, &class, &settings).await {
-        Ok(admitted) => stream(admitted, settings.get_ref().clone(), permit),
+        Ok(admitted) => stream(admitted, settings.get_ref().clone(), permit, peer_socket(&req)),
         Err(rejection) => rejection.response(),
     }
 }
@@ -242,7 +242,7 @@ fn request_id() -> RequestId {
     RequestId::from(1)
 }
 
-fn stream(admitted: Admitted, settings: SseSettings, permit: Permit) -> HttpResponse {
+fn stream(admitted: Admitted, settings: SseSettings, permit: Permit, socket: Option<tokio::net::TcpStream>) -> HttpResponse {
     let Admitted { subscription, since, token } = admitted;
     let identity = subscription.identity.clone();
     let admission = settings.admission.clone();
@@ -266,7 +266,7 @@ fn stream(admitted: Admitted, settings: SseSettings, permit: Permit) -> HttpResp
         }
     }
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
-    watch(registration.clone(), outbox.clone(), queue.clone());
+    watch(registration.clone(), outbox.clone(), queue.clone(), socket);
     let every = admission.revalidate_every;
     let check = token.map(|token| TokenCheck { admission, token, identity, every, last: Instant::now() });
     let state = Stream::new(&settings.config, queue, outbox, check, registration);
@@ -309,14 +309,62 @@ impl Registration {
 
 /// Waits for the stream's outbox to close, then leaves the hub and frees what is still queued
 /// (unless the stream is being polled, and so drains it itself).
-fn watch(registration: Arc<Registration>, outbox: Outbox, queue: Arc<tokio::sync::Mutex<Queue>>) {
+fn watch(
+    registration: Arc<Registration>,
+    outbox: Outbox,
+    queue: Arc<tokio::sync::Mutex<Queue>>,
+    socket: Option<tokio::net::TcpStream>,
+) {
     tokio::spawn(async move {
-        outbox.closed().await;
+        tokio::select! {
+            _ = outbox.closed() => {}
+            // Nothing may be written for a long while (a quiet query): the client's hang-up is
+            // seen on the socket itself, not when a write fails at the next keep-alive.
+            _ = hang_up(socket) => outbox.close(),
+        }
         registration.end();
         if let Ok(mut queue) = queue.try_lock() {
             while queue.try_recv().is_ok() {}
         }
     });
+}
+
+/// The raw descriptor of an accepted connection, noted at accept ([`remember_socket`]) so that
+/// an SSE stream can watch its own socket for the client hanging up.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSocket(std::os::fd::RawFd);
+
+/// `HttpServer::on_connect` hook: notes each TCP connection's descriptor (nothing is opened).
+pub fn remember_socket(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    use std::os::fd::AsRawFd;
+    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        data.insert(PeerSocket(tcp.as_raw_fd()));
+    }
+}
+
+/// A second handle on the request's socket (one more descriptor, for SSE streams only), to
+/// peek at it; `None` when there is none to be had.
+fn peer_socket(req: &HttpRequest) -> Option<tokio::net::TcpStream> {
+    let PeerSocket(fd) = *req.conn_data::<PeerSocket>()?;
+    // SAFETY: the descriptor belongs to the connection this request is being served on, which
+    // is open while its handler runs; it is only borrowed here, to duplicate it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let owned = borrowed.try_clone_to_owned().ok()?;
+    tokio::net::TcpStream::from_std(std::net::TcpStream::from(owned)).ok()
+}
+
+/// Resolves when the peer has closed its side (a peek reads end of stream) or the socket fails;
+/// never when there is no socket to watch, or the client sends data (HTTP pipelining: left to
+/// the dispatcher).
+async fn hang_up(socket: Option<tokio::net::TcpStream>) {
+    let mut byte = [0u8; 1];
+    match socket {
+        Some(socket) => match socket.peek(&mut byte).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 struct Stream {

@@ -233,3 +233,17 @@ async fn a_connection_flood_from_one_address_leaves_others_served() {
     again.expect_event("create").await;
     drop((open, streams));
 }
+
+#[tokio::test]
+async fn an_sse_client_that_hangs_up_leaves_the_hub_at_once() {
+    let app = TestApp::spawn().await;
+    let mut sse = SseClient::subscribe(app.port, "messages", &json!({"room": "quiet"}), "", &[]).await;
+    sse.expect("subscribed").await;
+    app.wait_for_health(|h| h["connections"] == 1).await;
+    let started = std::time::Instant::now();
+    drop(sse);
+    // Nothing is written to a quiet stream before its keep-alive (15 s): the hang-up is seen on
+    // the socket.
+    app.wait_for_health(|h| h["connections"] == 0).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "left after {:?}", started.elapsed());
+}

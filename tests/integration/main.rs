@@ -15,5 +15,6 @@ mod queries;
 mod resume;
 #[path = "../../src/testing/rng.rs"]
 mod rng;
+mod soak;
 mod support;
 mod websocket;
