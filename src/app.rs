@@ -83,7 +83,8 @@ impl Application {
         let hub = Arc::new(Hub::new(settings.hub));
         let listener_options = database::connect_options(&settings.database, feed::LISTENER_APPLICATION_NAME)?;
         let sessions = SessionStore::new(pool.clone(), &settings.sessions);
-        let replay = DatabaseConfig { max_connections: settings.history.replay_connections, ..settings.database.clone() };
+        let replay =
+            DatabaseConfig { max_connections: settings.history.replay_connections, ..settings.database.clone() };
         let history_pool = database::open_pool(&replay).await?;
         let feed =
             Feed::start(pool, history_pool, listener_options, hub.clone(), &settings.feed, &settings.history).await?;
@@ -143,7 +144,13 @@ fn serve(
     };
     let admission = Arc::new(Admission::new(hub, catchup, tokens, Arc::new(rules), limits));
     let master_key = keys.master_key.clone();
-    let sse = SseSettings { admission: admission.clone(), master_key, config: sse, send_queue, gate: gate.clone() };
+    let sse = SseSettings {
+        admission: admission.clone(),
+        master_key,
+        config: sse,
+        send_queue: send_queue.clone(),
+        gate: gate.clone(),
+    };
     let ws = WsSettings {
         session: Arc::new(SessionSettings {
             keys,

@@ -120,13 +120,14 @@ impl Catchup {
         if let Err(ended) = self.replay_upto(resume, &mut cursor, live).await {
             return ended;
         }
-        let joined = match self.hub.subscribe(*connection, request_id.clone(), subscription.clone(), Start::Held(ticket)) {
-            Ok(joined) => joined,
-            Err(e) => {
-                refuse(outbox, request_id.clone(), &e);
-                return Replayed::Gone;
-            }
-        };
+        let joined =
+            match self.hub.subscribe(*connection, request_id.clone(), subscription.clone(), Start::Held(ticket)) {
+                Ok(joined) => joined,
+                Err(e) => {
+                    refuse(outbox, request_id.clone(), &e);
+                    return Replayed::Gone;
+                }
+            };
         // From here on, live events are held for this subscription: history supplies the rest.
         let gap = match self.replay_upto(resume, &mut cursor, joined.offset).await {
             Ok(()) if joined.epoch == since.epoch => None,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,7 +20,7 @@ use crate::auth::sessions::SessionConfig;
 use crate::database::DatabaseConfig;
 use crate::feed::{FeedConfig, HistoryConfig};
 use crate::http::cors::{BrowserConfig, OriginPolicy};
-use crate::hub::{HubLimits, QueueBudget};
+use crate::hub::{HubLimits, QueueBudget, TotalBudget};
 use crate::protocol::KeyPairs;
 use crate::query::QueryLimits;
 use crate::quota::ConnectionLimits;
@@ -70,6 +71,9 @@ pub struct LimitsConfig {
     pub send_queue: usize,
     /// Bytes a connection may have waiting; a client whose queue holds more is disconnected.
     pub send_queue_bytes: usize,
+    /// Bytes all connections together may have waiting; past it, clients holding more than an
+    /// equal share are disconnected.
+    pub send_queue_bytes_total: usize,
     /// Live subscriptions per connection.
     pub subscriptions_per_connection: usize,
     /// Unindexed subscriptions per connection (no top-level equality: evaluated for every
@@ -113,6 +117,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             send_queue: 8_192,
             send_queue_bytes: 16 * 1024 * 1024,
+            send_queue_bytes_total: 1024 * 1024 * 1024,
             subscriptions_per_connection: 100,
             scanned_queries_per_connection: 50,
             scanned_queries_total: 2_000,
@@ -228,8 +233,7 @@ impl Config {
         self.check_values()?;
         let jwt = JwtVerifier::from_config(&self.jwt).map_err(|e| ConfigError::invalid(format!("jwt: {e}")))?;
         let rules = ClassRules::new(&self.classes).map_err(ConfigError::invalid)?;
-        let origins = OriginPolicy::new(&self.browser)
-            .map_err(|e| ConfigError::invalid(format!("browser.{e}")))?;
+        let origins = OriginPolicy::new(&self.browser).map_err(|e| ConfigError::invalid(format!("browser.{e}")))?;
         let limits = &self.limits;
         Ok(Settings {
             query_limits: QueryLimits {
@@ -240,7 +244,11 @@ impl Config {
                 max_regex_memory_per_query: limits.regex_memory_per_query,
                 max_regex_memory_total: limits.regex_memory_total,
             },
-            send_queue: QueueBudget { frames: limits.send_queue, bytes: limits.send_queue_bytes },
+            send_queue: QueueBudget {
+                frames: limits.send_queue,
+                bytes: limits.send_queue_bytes,
+                total: Arc::new(TotalBudget::new(limits.send_queue_bytes_total)),
+            },
             hub: HubLimits {
                 subscriptions_per_connection: limits.subscriptions_per_connection,
                 scanned_per_connection: limits.scanned_queries_per_connection,
@@ -290,6 +298,7 @@ impl Config {
             ("websocket.receive_buffer_bytes", self.websocket.receive_buffer_bytes as u64),
             ("limits.send_queue", self.limits.send_queue as u64),
             ("limits.send_queue_bytes", self.limits.send_queue_bytes as u64),
+            ("limits.send_queue_bytes_total", self.limits.send_queue_bytes_total as u64),
             ("limits.subscriptions_per_connection", self.limits.subscriptions_per_connection as u64),
             ("limits.scanned_queries_per_connection", self.limits.scanned_queries_per_connection as u64),
             ("limits.scanned_queries_total", self.limits.scanned_queries_total as u64),

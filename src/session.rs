@@ -21,11 +21,11 @@ use crate::admission::{Admission, Refused, Started, SubscribeRequest};
 use crate::auth::{self, check_keys, Identity, KeyCheck, TokenError};
 use crate::hub::{ConnectionId, Hub, Outbox, Outgoing};
 use crate::position::Position;
-use crate::quota::TokenBucket;
 use crate::protocol::{
     self, code, decode, encode_error, encode_reply, Connect, Decoded, KeyPairs, Refusal, Reply, Request, RequestId,
     Subscribe,
 };
+use crate::quota::TokenBucket;
 
 /// What every session of one server shares.
 #[derive(Debug, Clone)]
@@ -78,8 +78,11 @@ impl Framer {
             }
             Outgoing::Subscribed { request_id, position, positioned } => {
                 let position = position.to_string();
-                let reply =
-                    if positioned { Reply::SubscribedAt(&request_id, &position) } else { Reply::Subscribed(&request_id) };
+                let reply = if positioned {
+                    Reply::SubscribedAt(&request_id, &position)
+                } else {
+                    Reply::Subscribed(&request_id)
+                };
                 reply_text(ids, &reply)
             }
             Outgoing::Refused { request_id, refusal } => refusal_text(&refusal, &request_id),
@@ -464,7 +467,6 @@ mod tests {
     use crate::testing::{self, TokenTable};
     use serde_json::Value;
     use std::time::Duration;
-    
 
     struct Harness {
         session: ParseSession,
@@ -657,8 +659,10 @@ mod tests {
         let (mut s, mut rx, hub) = session(KeyPairs::default());
         s.on_text(CONNECT).await;
         for id in 1..=25 {
-            s.on_text(&format!(r#"{{"op":"subscribe","requestId":{id},"query":{{"className":"Msg","where":{{"n":{id}}}}}}}"#))
-                .await;
+            s.on_text(&format!(
+                r#"{{"op":"subscribe","requestId":{id},"query":{{"className":"Msg","where":{{"n":{id}}}}}}}"#
+            ))
+            .await;
         }
         let r = frames(&s, &mut rx);
         let refused: Vec<_> =

@@ -18,7 +18,7 @@ mod outbox;
 mod payload;
 
 pub use index::IndexEntry;
-pub use outbox::{Delivery, Outbox, Outgoing, Queue, QueueBudget};
+pub use outbox::{Delivery, Outbox, Outgoing, Queue, QueueBudget, TotalBudget};
 pub use payload::Payload;
 
 use event::{shape, Matches};
@@ -123,11 +123,18 @@ pub enum SubscribeError {
         limit: usize,
     },
     /// The connection holds `limit` unindexed queries already.
-    TooManyScannedQueries { limit: usize },
+    TooManyScannedQueries {
+        limit: usize,
+    },
     /// The gateway holds `limit` distinct unindexed queries already.
-    TooManyScannedQueriesInAll { limit: usize },
+    TooManyScannedQueriesInAll {
+        limit: usize,
+    },
     /// The connection's subscriptions would hold more compiled `$regex` memory than `limit`.
-    RegexMemory { needed: usize, limit: usize },
+    RegexMemory {
+        needed: usize,
+        limit: usize,
+    },
     /// The reservation is gone: the client unsubscribed (or reconnected) while catching up.
     Cancelled,
 }
@@ -303,7 +310,13 @@ struct Connection {
 impl Connection {
     /// Drops whatever `request_id` held (a subscription or a reservation), then checks that
     /// one more fits under `limit`.
-    fn vacate(&mut self, shared: &mut Shared, id: ConnectionId, request_id: &RequestId, limit: usize) -> Result<(), SubscribeError> {
+    fn vacate(
+        &mut self,
+        shared: &mut Shared,
+        id: ConnectionId,
+        request_id: &RequestId,
+        limit: usize,
+    ) -> Result<(), SubscribeError> {
         self.remove(shared, id, request_id);
         self.reserved.remove(request_id);
         if self.subscriptions.len() + self.reserved.len() >= limit {
@@ -514,7 +527,12 @@ impl Hub {
 
     /// Whether one more unindexed subscription fits, on the connection and (if its query is
     /// not already held) in the hub.
-    fn check_scanned(&self, conn: &Connection, shared: &Shared, subscription: &Subscription) -> Result<(), SubscribeError> {
+    fn check_scanned(
+        &self,
+        conn: &Connection,
+        shared: &Shared,
+        subscription: &Subscription,
+    ) -> Result<(), SubscribeError> {
         let limits = self.limits;
         if conn.scanned >= limits.scanned_per_connection {
             return Err(SubscribeError::TooManyScannedQueries { limit: limits.scanned_per_connection });

@@ -45,17 +45,51 @@ impl Outgoing {
     }
 }
 
-/// How much a connection's queue may hold before the client counts as too slow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How much a connection's queue may hold before the client counts as too slow, and the
+/// budget all queues share.
+#[derive(Debug, Clone)]
 pub struct QueueBudget {
     pub frames: usize,
     pub bytes: usize,
+    pub total: Arc<TotalBudget>,
 }
 
 impl QueueBudget {
     /// A budget in frames only (tests, benches).
     pub fn frames(frames: usize) -> QueueBudget {
-        QueueBudget { frames, bytes: usize::MAX }
+        QueueBudget { frames, bytes: usize::MAX, total: Arc::new(TotalBudget::new(usize::MAX)) }
+    }
+}
+
+/// Bytes queued for all connections together (`limits.send_queue_bytes_total`). Past it, a
+/// push to a queue holding more than an equal share of the total is refused and that client
+/// cut: many slow clients together cannot exhaust memory, and the ones that are not behind
+/// never pay for those that are.
+#[derive(Debug)]
+pub struct TotalBudget {
+    queued: AtomicUsize,
+    queues: AtomicUsize,
+    limit: usize,
+}
+
+impl TotalBudget {
+    pub fn new(limit: usize) -> TotalBudget {
+        TotalBudget { queued: AtomicUsize::new(0), queues: AtomicUsize::new(0), limit }
+    }
+
+    /// Whether a queue holding `mine` bytes may take `size` more, as far as the total goes.
+    fn admits(&self, mine: usize, size: usize) -> bool {
+        let total = self.queued.fetch_add(size, Ordering::AcqRel).saturating_add(size);
+        let share = self.limit / self.queues.load(Ordering::Acquire).max(1);
+        if total <= self.limit || mine <= share {
+            return true;
+        }
+        self.queued.fetch_sub(size, Ordering::AcqRel);
+        false
+    }
+
+    fn release(&self, size: usize) {
+        self.queued.fetch_sub(size, Ordering::AcqRel);
     }
 }
 
@@ -82,6 +116,7 @@ pub struct Outbox {
     /// Bytes queued and not yet taken by the transport.
     queued: Arc<AtomicUsize>,
     max_bytes: usize,
+    total: Arc<TotalBudget>,
 }
 
 /// The receiving half, read by the connection's transport.
@@ -89,19 +124,35 @@ pub struct Outbox {
 pub struct Queue {
     rx: mpsc::Receiver<Outgoing>,
     queued: Arc<AtomicUsize>,
+    total: Arc<TotalBudget>,
 }
 
 impl Queue {
     pub async fn recv(&mut self) -> Option<Outgoing> {
         let item = self.rx.recv().await?;
-        self.queued.fetch_sub(item.size(), Ordering::AcqRel);
+        self.taken(&item);
         Some(item)
     }
 
     pub fn try_recv(&mut self) -> Result<Outgoing, TryRecvError> {
         let item = self.rx.try_recv()?;
-        self.queued.fetch_sub(item.size(), Ordering::AcqRel);
+        self.taken(&item);
         Ok(item)
+    }
+
+    fn taken(&self, item: &Outgoing) {
+        let size = item.size();
+        self.queued.fetch_sub(size, Ordering::AcqRel);
+        self.total.release(size);
+    }
+}
+
+/// What is left in a queue nobody reads any more leaves the total with it.
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.rx.close();
+        while self.try_recv().is_ok() {}
+        self.total.queues.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -110,7 +161,10 @@ impl Outbox {
         let (tx, rx) = mpsc::channel(budget.frames.max(1));
         let closer = Arc::new(Closer { closed: AtomicBool::new(false), notify: Notify::new() });
         let queued = Arc::new(AtomicUsize::new(0));
-        (Outbox { tx, closer, queued: queued.clone(), max_bytes: budget.bytes }, Queue { rx, queued })
+        let total = budget.total;
+        total.queues.fetch_add(1, Ordering::AcqRel);
+        let outbox = Outbox { tx, closer, queued: queued.clone(), max_bytes: budget.bytes, total: total.clone() };
+        (outbox, Queue { rx, queued, total })
     }
 
     /// Queues `item` without waiting. Returns false when it was not queued: the connection is
@@ -121,7 +175,7 @@ impl Outbox {
         }
         let size = item.size();
         let before = self.queued.fetch_add(size, Ordering::AcqRel);
-        if before.saturating_add(size) > self.max_bytes {
+        if before.saturating_add(size) > self.max_bytes || !self.total.admits(before, size) {
             self.queued.fetch_sub(size, Ordering::AcqRel);
             self.close();
             return false;
@@ -130,6 +184,7 @@ impl Outbox {
             Ok(()) => true,
             Err(e) => {
                 self.queued.fetch_sub(size, Ordering::AcqRel);
+                self.total.release(size);
                 if matches!(e, mpsc::error::TrySendError::Full(_)) {
                     self.close();
                 }
@@ -204,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn the_byte_budget_closes_the_outbox_and_frees_as_frames_leave() {
         let text = |n: usize| Outgoing::Text("x".repeat(n));
-        let (outbox, mut rx) = Outbox::new(QueueBudget { frames: 100, bytes: 1_000 });
+        let (outbox, mut rx) = Outbox::new(QueueBudget { bytes: 1_000, ..QueueBudget::frames(100) });
         assert!(outbox.push(text(400)));
         assert!(outbox.push(text(400)));
         rx.try_recv().unwrap();
@@ -214,5 +269,25 @@ mod tests {
         rx.try_recv().unwrap();
         rx.try_recv().unwrap();
         assert_eq!(outbox.queued.load(Ordering::Acquire), 0, "the accounting balances");
+    }
+
+    #[tokio::test]
+    async fn past_the_total_the_queues_holding_more_than_their_share_are_cut() {
+        let total = Arc::new(TotalBudget::new(3_000));
+        let budget = QueueBudget { frames: 100, bytes: usize::MAX, total: total.clone() };
+        let (behind, _behind_rx) = Outbox::new(budget.clone());
+        let (reading, mut reading_rx) = Outbox::new(budget.clone());
+        let text = |n: usize| Outgoing::Text("x".repeat(n));
+        for _ in 0..5 {
+            assert!(behind.push(text(436))); // 500 bytes each with framing
+        }
+        assert!(reading.push(text(436)));
+        // 3,000 in all now: the one behind (2,500, more than half) is cut, not the other.
+        assert!(!behind.push(text(436)));
+        assert!(behind.is_closed());
+        reading_rx.try_recv().unwrap();
+        assert!(reading.push(text(436)), "a queue within its share still takes events");
+        drop((behind, _behind_rx));
+        assert_eq!(total.queued.load(Ordering::Acquire), 500, "a dropped queue gives its bytes back");
     }
 }

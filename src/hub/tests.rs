@@ -1,6 +1,5 @@
 use serde_json::{json, Value};
 
-
 use super::*;
 use crate::protocol::EventOp;
 
@@ -276,7 +275,10 @@ fn equal_projections_share_one_payload() {
     };
     let (pa, pb) = (payload(&mut a_rx), payload(&mut b_rx));
     assert!(Arc::ptr_eq(&pa, &pb), "encoded once");
-    assert_eq!(serde_json::from_str::<Value>(&pa.object).unwrap(), json!({"className": "Msg", "objectId": "1", "a": 1, "b": 2}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&pa.object).unwrap(),
+        json!({"className": "Msg", "objectId": "1", "a": 1, "b": 2})
+    );
     hub.disconnect(a);
     hub.disconnect(b);
     assert!(hub.read().shared.projections.is_empty(), "a projection nobody uses is forgotten");
@@ -307,7 +309,8 @@ fn a_held_subscription_gets_its_events_after_subscribed_and_overflow_closes_it()
     let (conn, mut rx) = connect(&hub, 4);
     let row = || image(json!({"className": "Msg", "objectId": "1"}));
     let ticket = hub.reserve(conn, RequestId::from(1)).unwrap();
-    let live = hub.subscribe(conn, RequestId::from(1), subscription(json!({}), None, None), Start::Held(ticket)).unwrap();
+    let live =
+        hub.subscribe(conn, RequestId::from(1), subscription(json!({}), None, None), Start::Held(ticket)).unwrap();
     hub.publish(&change(ChangeKind::Insert, None, row()));
     assert!(rx.try_recv().is_err(), "held back");
     assert_eq!(hub.release(conn, &RequestId::from(1), ticket, None), Ok(live));

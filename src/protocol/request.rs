@@ -626,7 +626,8 @@ mod tests {
         }
     }
 
-    const NUMBERS: &[&str] = &["1", "-0", "1e15", "1000000000000000", "1.5", "1e400", "-1e400", "1e-400", "9007199254740993", "0.1"];
+    const NUMBERS: &[&str] =
+        &["1", "-0", "1e15", "1000000000000000", "1.5", "1e400", "-1e400", "1e-400", "9007199254740993", "0.1"];
 
     fn random_frame(rng: &mut crate::testing::Rng) -> String {
         let op = *rng.pick(&["connect", "subscribe", "update", "unsubscribe", "nope", ""]);

@@ -45,7 +45,12 @@ impl TokenResolver for TokenTable {
 pub struct QuietHistory(pub Arc<Hub>);
 
 impl HistorySource for QuietHistory {
-    fn read<'a>(&'a self, _after: i64, _upto: i64, _class: &'a str) -> BoxFuture<'a, Result<HistoryBatch, HistoryError>> {
+    fn read<'a>(
+        &'a self,
+        _after: i64,
+        _upto: i64,
+        _class: &'a str,
+    ) -> BoxFuture<'a, Result<HistoryBatch, HistoryError>> {
         let epoch = self.0.position().epoch;
         Box::pin(async move { Ok(HistoryBatch { epoch, floor: 0, changes: Vec::new() }) })
     }
@@ -54,6 +59,7 @@ impl HistorySource for QuietHistory {
 /// The subscribe pipeline over `hub`, with `tokens`, class `rules` and default query limits.
 pub fn admission(hub: &Arc<Hub>, tokens: Arc<TokenTable>, rules: ClassRules) -> Arc<Admission> {
     let catchup = Arc::new(Catchup::new(hub.clone(), Arc::new(QuietHistory(hub.clone())), u64::MAX));
-    let limits = AdmissionLimits { query: QueryLimits::default(), field_list: 8, revalidate_every: Duration::from_secs(5) };
+    let limits =
+        AdmissionLimits { query: QueryLimits::default(), field_list: 8, revalidate_every: Duration::from_secs(5) };
     Arc::new(Admission::new(hub.clone(), catchup, tokens, Arc::new(rules), limits))
 }

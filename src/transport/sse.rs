@@ -242,11 +242,16 @@ fn request_id() -> RequestId {
     RequestId::from(1)
 }
 
-fn stream(admitted: Admitted, settings: SseSettings, permit: Permit, socket: Option<tokio::net::TcpStream>) -> HttpResponse {
+fn stream(
+    admitted: Admitted,
+    settings: SseSettings,
+    permit: Permit,
+    socket: Option<tokio::net::TcpStream>,
+) -> HttpResponse {
     let Admitted { subscription, since, token } = admitted;
     let identity = subscription.identity.clone();
     let admission = settings.admission.clone();
-    let (outbox, queue) = Outbox::new(settings.send_queue);
+    let (outbox, queue) = Outbox::new(settings.send_queue.clone());
     let connection = admission.hub().register(outbox.clone());
     let registration = Arc::new(Registration {
         hub: admission.hub().clone(),

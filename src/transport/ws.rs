@@ -88,7 +88,7 @@ async fn serve(
     settings: WsSettings,
     _permit: Permit,
 ) {
-    let (outbox, mut queue) = Outbox::new(settings.send_queue);
+    let (outbox, mut queue) = Outbox::new(settings.send_queue.clone());
     let mut session = ParseSession::new(settings.session.clone(), outbox.clone());
     let framer = session.framer();
     let mut ping = interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);

@@ -41,7 +41,10 @@ async fn unindexed_queries_are_budgeted_per_connection() {
     ws.send(json!({"op": "subscribe", "requestId": 3, "query": {"className": "messages", "where": {"n": {"$lt": 5}}}}))
         .await;
     let refusal = ws.recv().await;
-    assert_eq!((refusal["op"].as_str(), refusal["code"].as_i64(), refusal["requestId"].as_i64()), (Some("error"), Some(155), Some(3)));
+    assert_eq!(
+        (refusal["op"].as_str(), refusal["code"].as_i64(), refusal["requestId"].as_i64()),
+        (Some("error"), Some(155), Some(3))
+    );
     assert!(refusal["error"].as_str().unwrap().contains("unindexed queries on this connection (limit 2)"), "{refusal}");
     ws.subscribe(4, "messages", json!({"room": "lobby", "n": {"$lt": 5}})).await;
     app.db.execute("insert into messages (room, n) values ('lobby', 2)").await;
@@ -66,7 +69,10 @@ async fn long_field_lists_are_refused_on_both_transports() {
     assert_eq!(refusal["error"], "keys lists 4 fields, more than limits.field_list (3)");
     let mut sse = SseClient::subscribe(app.port, "messages", &json!({}), "&watch=a,b,c,d", &[]).await;
     assert_eq!(sse.status, 400);
-    assert_eq!(sse.json_body().await, json!({"code": 102, "error": "watch lists 4 fields, more than limits.field_list (3)"}));
+    assert_eq!(
+        sse.json_body().await,
+        json!({"code": 102, "error": "watch lists 4 fields, more than limits.field_list (3)"})
+    );
 }
 
 #[tokio::test]
@@ -169,7 +175,11 @@ async fn a_slow_token_lookup_never_holds_up_the_connections_events() {
     app.db.execute("insert into messages (room) values ('lobby')").await;
     let event = ws.expect_event("create").await;
     assert_eq!(event["requestId"], 1);
-    assert!(started.elapsed() < Duration::from_millis(1_500), "delivered while the lookup ran: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "delivered while the lookup ran: {:?}",
+        started.elapsed()
+    );
     let subscribed = ws.recv().await;
     assert_eq!((subscribed["op"].as_str(), subscribed["requestId"].as_i64()), (Some("subscribed"), Some(2)));
 }

@@ -17,7 +17,11 @@ fn open_fds() -> usize {
 
 fn rss_kb() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Reconnects every ~300 ms with its last position; returns every object id received.
@@ -49,7 +53,10 @@ async fn mixed_clients_lose_nothing_and_leave_nothing_behind() {
     let pool = app.db.pool.clone();
     let writer = tokio::spawn(async move {
         while Instant::now() < until {
-            sqlx::query("insert into messages (room, body) values ('soak', repeat('x', 2000))").execute(&pool).await.unwrap();
+            sqlx::query("insert into messages (room, body) values ('soak', repeat('x', 2000))")
+                .execute(&pool)
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -61,8 +68,10 @@ async fn mixed_clients_lose_nothing_and_leave_nothing_behind() {
             let mut ws = crate::support::WsClient::connect(&churn_url).await;
             ws.connect_parse().await;
             for (id, where_) in [(1, json!({"room": "soak"})), (2, json!({"n": {"$gt": 0}}))] {
-                ws.send(json!({"op": "subscribe", "requestId": id, "query": {"className": "messages", "where": where_}}))
-                    .await;
+                ws.send(
+                    json!({"op": "subscribe", "requestId": id, "query": {"className": "messages", "where": where_}}),
+                )
+                .await;
             }
             let mut confirmed = 0;
             while confirmed < 2 {
@@ -89,7 +98,8 @@ async fn mixed_clients_lose_nothing_and_leave_nothing_behind() {
     // Catch up with the rest once writes stopped.
     app.wait_until_published().await;
     seen.extend(resuming_tail(&app, &seen).await);
-    let written: Vec<i64> = sqlx::query_scalar("select id from messages order by id").fetch_all(&app.db.pool).await.unwrap();
+    let written: Vec<i64> =
+        sqlx::query_scalar("select id from messages order by id").fetch_all(&app.db.pool).await.unwrap();
     assert!(rounds > 0 && !written.is_empty());
     assert_eq!(seen, written, "every change exactly once, in commit order ({} written)", written.len());
     drop(stalled);
@@ -125,7 +135,8 @@ async fn resuming_tail(app: &TestApp, seen: &[i64]) -> Vec<i64> {
     .await
     .unwrap();
     let since = format!("{}-{}", position.0, position.1);
-    let mut sse = SseClient::subscribe(app.port, "messages", &json!({"room": "soak"}), "", &[("Last-Event-ID", &since)]).await;
+    let mut sse =
+        SseClient::subscribe(app.port, "messages", &json!({"room": "soak"}), "", &[("Last-Event-ID", &since)]).await;
     let mut tail = Vec::new();
     while tail.len() < missing {
         let event = sse.next_event().await;
