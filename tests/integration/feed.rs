@@ -284,3 +284,60 @@ async fn ready_answers_503_while_the_database_is_lost() {
     proxy.restore();
     assert_eq!(until(200).await["status"], "ready");
 }
+
+/// Restarts the real PostgreSQL cluster while writers insert and a client listens. Every other
+/// test shares that server, so it runs only when asked, alone:
+/// `cargo test --test integration database_restart -- --ignored`. The proxy outage test above
+/// is the CI version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the shared PostgreSQL; run alone with --ignored"]
+async fn a_database_restart_loses_and_repeats_nothing() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.subscriber(json!({"room": "w"})).await;
+    let url = app.db.url.clone();
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut written = 0;
+                while written < 300 {
+                    let insert = async {
+                        let pool = sqlx::PgPool::connect(&url).await?;
+                        sqlx::query("insert into messages (room, n) values ('w', $1)").bind(w).execute(&pool).await?;
+                        pool.close().await;
+                        Ok::<_, sqlx::Error>(())
+                    };
+                    if insert.await.is_ok() {
+                        written += 1;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let version = std::fs::read_dir("/etc/postgresql").unwrap().next().unwrap().unwrap().file_name();
+    let restarted = std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", version.to_str().unwrap(), "main", "restart"])
+        .status()
+        .unwrap();
+    assert!(restarted.success());
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut ids = Vec::new();
+    while ids.len() < 600 {
+        ids.push(ws.expect_event("create").await["object"]["id"].as_i64().unwrap());
+    }
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let committed: Vec<i64> = sqlx::query_scalar("select id from messages where room = 'w' order by id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(committed.len(), 600);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, committed, "every row exactly once");
+    assert_eq!(app.ready().await.0, 200, "ready again");
+}
