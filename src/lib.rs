@@ -17,7 +17,8 @@
 //!   read access.
 //! - [`transport`]: socket framing (WebSocket, Server-Sent Events).
 //! - [`http`]: route table, CORS and Origin rules, health, the demo page.
-//! - [`app`], [`config`], [`database`], [`telemetry`]: start-up plumbing.
+//! - [`app`], [`config`], [`database`], [`telemetry`], [`heap`]: start-up plumbing, and giving
+//!   a burst's memory back.
 
 pub mod admission;
 pub mod app;
@@ -26,6 +27,7 @@ pub mod catchup;
 pub mod config;
 pub mod database;
 pub mod feed;
+pub mod heap;
 pub mod http;
 pub mod hub;
 pub mod position;

@@ -24,6 +24,7 @@ async fn run() -> Result<(), String> {
     let config = Config::load(&path, required).map_err(|e| e.to_string())?;
     let application = Application::build(config.clone()).await.map_err(|e| e.to_string())?;
     tracing::info!(address = %config.server.listen.ip(), port = application.port(), "livegate listening");
+    livegate::heap::spawn_trimmer();
     let handle = application.handle();
     tokio::spawn(async move {
         shutdown_signal().await;

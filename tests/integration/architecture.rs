@@ -42,7 +42,7 @@ const SRC_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 /// (`lib.rs`) is exempt: it only declares the modules.
 const LAYERS: &[&[&str]] = &[
     &["position", "value", "protocol", "query", "auth::access"],
-    &["auth", "database", "telemetry"],
+    &["auth", "database", "telemetry", "heap"],
     &["hub"],
     &["feed", "catchup"],
     &["admission", "quota", "session"],
