@@ -1,15 +1,17 @@
 //! One Parse LiveQuery connection's state machine: connect, subscribe, update, unsubscribe, with
 //! Parse's replies and error codes. No socket I/O: replies go into the connection's outbox,
 //! state into the hub; the transport only moves frames. The one thing it awaits is turning a
-//! `sessionToken` into an identity ([`Authenticator`], cached).
+//! `sessionToken` into an identity (through [`Admission`], cached).
 //!
 //! Identity: a subscription's own token wins over the connection's; class rules are checked at
 //! subscribe. Tokens in use are re-checked every `revalidate_every` and at their expiry; a
 //! subscription whose identity lapsed is suspended (error 209 with its requestId) at a known
 //! position, and re-subscribing the same requestId with a fresh token resumes from there.
 //!
-//! The resume extension (`since` on subscribe) hands the subscription to [`Catchup`], which
-//! replays missed changes on a task of its own and then registers it in the hub.
+//! Subscriptions are built, refused and started by the pipeline both transports share
+//! ([`Admission`]); the resume extension (`since` on subscribe) starts them through catch-up
+//! (`crate::catchup`), which replays missed changes on a task of its own, then joins the hub.
+//! A connection's requests past `limits.request_rate` are refused (155).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -99,7 +99,7 @@ fn lapsed(expires_at: Option<std::time::SystemTime>) -> bool {
 
 /// When a token in use should next be checked: every `every`, and at its expiry, which for a
 /// JWT already includes the clock leeway (so the check at that instant refuses it), but never
-/// sooner than [`MIN_CHECK_GAP`] after the last check.
+/// sooner than `MIN_CHECK_GAP` after the last check.
 pub fn next_check(identity: &Identity, last: tokio::time::Instant, every: Duration) -> tokio::time::Instant {
     let due = last + every;
     match identity.expires_at {

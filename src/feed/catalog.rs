@@ -95,7 +95,7 @@ impl Catalog {
 pub const CHANGE_COLUMNS: &str = "pos, table_schema, table_name, op, old_row, new_row";
 
 impl Catalog {
-    /// Turns one change-table row (selected with [`CHANGE_COLUMNS`]) into a [`Change`].
+    /// Turns one change-table row (selected with `CHANGE_COLUMNS`) into a [`Change`].
     pub async fn change(&mut self, pool: &PgPool, row: &PgRow) -> Result<Change, sqlx::Error> {
         let pos: i64 = row.try_get("pos")?;
         let schema: String = row.try_get("table_schema")?;

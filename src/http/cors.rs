@@ -15,7 +15,7 @@
 //! test built on Host would let any site in. The decision therefore reads neither Host nor
 //! `X-Forwarded-Host`, `X-Forwarded-Proto` or `Forwarded`, which any client can send too. The
 //! only other input is the address the server listens on (not the request's): without
-//! `public_origins`, a loopback listener's own origins are allowed (see [`is_loopback_own`]).
+//! `public_origins`, a loopback listener's own origins are allowed (see `is_loopback_own`).
 //! Pages served by the gateway that only read need none of this: browsers send no Origin on a
 //! same-origin GET, so the demo page's EventSource passes as a request without an Origin.
 

@@ -1,7 +1,7 @@
 //! The subscription hub shared by every transport: subscriptions grouped by class and by
 //! identical query (canonical `where`), one evaluation of each distinct query per change, the
-//! Parse decision table per subscriber ([`event`]), and the payload encoded once per change and
-//! projection ([`payload`]).
+//! Parse decision table per subscriber (`event`), and the payload encoded once per change and
+//! projection (`payload`).
 //!
 //! The hub never waits on a client: delivery is a non-blocking push into the connection's
 //! bounded [`Outbox`]. All state sits behind one lock; fan-out takes it shared, subscription
@@ -9,8 +9,10 @@
 //!
 //! The hub also knows the stream [`Position`] it has published up to. A subscription is
 //! registered at a known position, atomically with respect to fan-out: everything after it is
-//! delivered live, so a catch-up that replays history up to that position leaves no gap and no
-//! duplicate (see [`crate::catchup`]).
+//! delivered live (or, for a catch-up that joins [`Start::Held`], held back until
+//! [`Hub::release`]), so a catch-up that replays history up to that position leaves no gap and
+//! no duplicate (see [`crate::catchup`]). It also keeps the per-connection and total budgets of
+//! [`HubLimits`] (subscriptions, unindexed queries, compiled regex memory).
 
 mod event;
 mod index;

@@ -4,7 +4,7 @@
 //! whatever the pattern (no catastrophic backtracking), whose compiled size is capped here, and
 //! which reports the memory it holds.
 //!
-//! Identical patterns are compiled once per process: a [`Table`] maps (pattern text after the
+//! Identical patterns are compiled once per process: a `Table` maps (pattern text after the
 //! `\Q…\E` translation, flags) to a `Weak` reference, so every query using a pattern shares one
 //! compiled regex (and its per-thread matching caches), asking for a pattern that is live costs a
 //! hash lookup, and a pattern is freed when the last query holding it is dropped. Each pattern
