@@ -321,6 +321,11 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::invalid(format!("{key} must be greater than 0")));
         }
+        if self.websocket.receive_buffer_bytes < self.websocket.max_frame_bytes {
+            return Err(ConfigError::invalid(
+                "websocket.receive_buffer_bytes is below websocket.max_frame_bytes: the largest frames could never be received",
+            ));
+        }
         if self.feed.reconnect_max_ms < self.feed.reconnect_min_ms {
             return Err(ConfigError::invalid("feed.reconnect_max_ms is below feed.reconnect_min_ms"));
         }
@@ -430,6 +435,8 @@ mod tests {
         assert!(err.contains("websocket.timeout_ms"), "{err}");
         let err = invalid(toml::Table::new(), &[("DATABASE_URL", "mysql://x")]);
         assert!(err.contains("postgres://"), "{err}");
+        let err = invalid(toml::Table::new(), &[("LIVEGATE_WEBSOCKET__RECEIVE_BUFFER_BYTES", "1000")]);
+        assert!(err.contains("receive_buffer_bytes is below"), "{err}");
     }
 
     #[test]
