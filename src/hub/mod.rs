@@ -227,6 +227,8 @@ struct Held {
     /// Live from here: everything after it is in `items`.
     live: Position,
     items: Vec<Outgoing>,
+    /// What `items` account for in the queue's byte budget.
+    bytes: usize,
     /// More arrived than the connection's queue could take: it is closed on release.
     overflowed: bool,
 }
@@ -239,7 +241,9 @@ impl Member {
             return;
         };
         let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.items.len() < self.outbox.capacity() {
+        let bytes = held.bytes.saturating_add(item.size());
+        if held.items.len() < self.outbox.capacity() && bytes <= self.outbox.max_bytes() {
+            held.bytes = bytes;
             held.items.push(item);
         } else {
             held.overflowed = true;
@@ -470,7 +474,7 @@ impl Hub {
         conn.regex_memory = needed;
         let positioned = subscription.positions;
         let held = match start {
-            Start::Held(ticket) => Some(Held { ticket, live, items: Vec::new(), overflowed: false }),
+            Start::Held(ticket) => Some(Held { ticket, live, items: Vec::new(), bytes: 0, overflowed: false }),
             Start::Now | Start::AfterGap(..) => None,
         };
         let confirm = held.is_none();

@@ -198,6 +198,11 @@ impl Outbox {
         self.tx.max_capacity()
     }
 
+    /// How many bytes the queue holds at most.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Whether more than half of either budget is taken.
     fn crowded(&self) -> bool {
         self.tx.capacity() < self.tx.max_capacity() / 2 || self.queued.load(Ordering::Acquire) > self.max_bytes / 2

@@ -312,6 +312,13 @@ impl Registration {
     }
 }
 
+/// Whatever path drops the last holder (a refused start included) leaves the hub.
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 /// Waits for the stream's outbox to close, then leaves the hub and frees what is still queued
 /// (unless the stream is being polled, and so drains it itself).
 fn watch(
