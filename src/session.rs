@@ -176,11 +176,6 @@ impl ParseSession {
         self.error(code::SCHEMA, "Missing required property: op", true, None);
     }
 
-    /// The text frame for one outbox item, or `None` for an event before `connect`.
-    pub fn frame(&self, item: Outgoing) -> Option<String> {
-        self.framer.frame(item)
-    }
-
     /// A framer that follows this session's client, for use while the session is busy.
     pub fn framer(&self) -> Framer {
         self.framer.clone()
@@ -496,7 +491,7 @@ mod tests {
     fn frames(session: &ParseSession, rx: &mut crate::hub::Queue) -> Vec<Value> {
         let mut out = Vec::new();
         while let Ok(item) = rx.try_recv() {
-            if let Some(text) = session.frame(item) {
+            if let Some(text) = session.framer().frame(item) {
                 out.push(serde_json::from_str(&text).unwrap());
             }
         }
@@ -506,7 +501,7 @@ mod tests {
     /// The next frame, waiting for it (catch-up runs on a task of its own).
     async fn next_frame(session: &ParseSession, rx: &mut crate::hub::Queue) -> Value {
         let item = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a frame").unwrap();
-        serde_json::from_str(&session.frame(item).expect("framed")).unwrap()
+        serde_json::from_str(&session.framer().frame(item).expect("framed")).unwrap()
     }
 
     const CONNECT: &str = r#"{"op":"connect","applicationId":"app","installationId":"inst"}"#;

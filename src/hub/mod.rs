@@ -502,14 +502,10 @@ impl Hub {
         let state = &mut *state;
         let conn = state.connections.get(&connection).ok_or(SubscribeError::UnknownConnection)?;
         let entry = conn.subscriptions.get(request_id).ok_or(SubscribeError::Cancelled)?;
-        let member = state
-            .shared
-            .classes
-            .get_mut(&entry.class)
-            .and_then(|c| c.groups.get_mut(&entry.key))
-            .and_then(|g| g.members.get_mut(&(connection, request_id.clone())))
-            .ok_or(SubscribeError::Cancelled)?;
-        if member.held.as_ref().is_none_or(|h| h.lock().unwrap_or_else(|e| e.into_inner()).ticket != ticket) {
+        let member = state.shared.member_mut(entry, connection, request_id).ok_or(SubscribeError::Cancelled)?;
+        // Under the write lock nobody else touches the hold: no need to lock it.
+        let holds_ticket = |h: &mut Mutex<Held>| h.get_mut().unwrap_or_else(|e| e.into_inner()).ticket == ticket;
+        if !member.held.as_mut().is_some_and(holds_ticket) {
             return Err(SubscribeError::Cancelled);
         }
         let Some(held) = member.held.take().map(|h| h.into_inner().unwrap_or_else(|e| e.into_inner())) else {
@@ -582,13 +578,7 @@ impl Hub {
         let Some(entry) = state.connections.get(&connection).and_then(|c| c.subscriptions.get(request_id)) else {
             return false;
         };
-        let member = state
-            .shared
-            .classes
-            .get_mut(&entry.class)
-            .and_then(|c| c.groups.get_mut(&entry.key))
-            .and_then(|g| g.members.get_mut(&(connection, request_id.clone())));
-        match member {
+        match state.shared.member_mut(entry, connection, request_id) {
             Some(member) => {
                 member.identity = identity;
                 true
@@ -710,6 +700,12 @@ impl Shared {
             held: held.map(Mutex::new),
         };
         group.members.insert(member_key, member);
+    }
+
+    /// The member a connection's subscription entry points at.
+    fn member_mut(&mut self, entry: &Entry, connection: ConnectionId, request_id: &RequestId) -> Option<&mut Member> {
+        let group = self.classes.get_mut(&entry.class)?.groups.get_mut(&entry.key)?;
+        group.members.get_mut(&(connection, request_id.clone()))
     }
 
     fn intern(&mut self, keys: Arc<[String]>) -> Arc<[String]> {

@@ -331,10 +331,8 @@ async fn a_database_restart_loses_and_repeats_nothing() {
         ids.push(ws.expect_event("create").await["object"]["id"].as_i64().unwrap());
     }
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let committed: Vec<i64> = sqlx::query_scalar("select id from messages where room = 'w' order by id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let committed: Vec<i64> =
+        sqlx::query_scalar("select id from messages where room = 'w' order by id").fetch_all(&pool).await.unwrap();
     assert_eq!(committed.len(), 600);
     let mut sorted = ids.clone();
     sorted.sort();
