@@ -16,6 +16,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use livegate::telemetry::Transport;
 use livegate::auth::Identity;
 use livegate::hub::{Change, ChangeKind, Hub, Outbox, RowImage, Start, Subscription};
 use livegate::protocol::RequestId;
@@ -79,7 +80,7 @@ fn hub(subscriptions: usize, indexed: bool, deliveries: bool) {
     let mut queues = Vec::new();
     for c in 0..subscriptions.div_ceil(PER_CONNECTION) {
         let (outbox, rx) = Outbox::new(livegate::hub::QueueBudget::frames(1 << 16));
-        let conn = hub.register(outbox);
+        let conn = hub.register(outbox, Transport::WebSocket);
         for s in 0..PER_CONNECTION.min(subscriptions - c * PER_CONNECTION) {
             let i = c * PER_CONNECTION + s;
             let where_ = if indexed {
@@ -136,7 +137,7 @@ fn authorization(label: &str, acl: Option<Value>) {
     let mut queues = Vec::new();
     for i in 0..SUBSCRIBERS {
         let (outbox, rx) = Outbox::new(livegate::hub::QueueBudget::frames(1 << 12));
-        let conn = hub.register(outbox);
+        let conn = hub.register(outbox, Transport::WebSocket);
         let mut sub = subscription(json!({}));
         sub.identity = Identity {
             user_id: Some(format!("user{i}")),

@@ -84,6 +84,17 @@ pub enum Refused {
 }
 
 impl Refused {
+    /// The step that refused, as logs name it.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Refused::Query(_) => "query",
+            Refused::Since(_) => "since",
+            Refused::Token(_) => "token",
+            Refused::Denied(_) => "class_rule",
+            Refused::Hub(_) => "hub",
+        }
+    }
+
     /// What the client is told; `None` when there is no one to tell.
     pub fn refusal(&self) -> Option<Refusal> {
         match self {

@@ -1,6 +1,7 @@
 //! Builds the gateway from a [`Config`]: the configuration validated once into [`Settings`],
-//! the database (created and migrated), watched tables, feed, hub, the subscribe pipeline and
-//! the HTTP server on a `TcpListener` (port 0 in tests), and runs it until stopped.
+//! the metrics registry, the database (created and migrated), watched tables, feed, hub, the
+//! subscribe pipeline and the HTTP server on a `TcpListener` (port 0 in tests), and runs it
+//! until stopped, or drains it ([`Shutdown`]).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
+use sqlx::PgPool;
 
 use crate::admission::{Admission, AdmissionLimits};
 use crate::auth::sessions::SessionStore;
@@ -17,9 +19,10 @@ use crate::config::{Config, ConfigError, Settings};
 use crate::database::{self, DatabaseConfig, DatabaseError};
 use crate::feed::{self, Feed};
 use crate::http::cors;
-use crate::http::{self, HealthState};
+use crate::http::{self, Listeners, Status};
 use crate::hub::Hub;
 use crate::quota::Gate;
+use crate::telemetry::Metrics;
 use crate::session::SessionSettings;
 use crate::transport::frame_guard::ReceiveBudget;
 use crate::transport::sse::{self, SseSettings};
@@ -66,8 +69,19 @@ impl From<ConfigError> for StartError {
 pub struct Application {
     server: Server,
     port: u16,
+    metrics_port: Option<u16>,
     feed: Feed,
     hub: Arc<Hub>,
+    gate: Arc<Gate>,
+    metrics: Arc<Metrics>,
+    shutdown: ShutdownTimes,
+}
+
+/// The `[server]` keys a shutdown follows.
+#[derive(Debug, Clone, Copy)]
+struct ShutdownTimes {
+    drain_delay: Duration,
+    timeout: Duration,
 }
 
 impl Application {
@@ -75,6 +89,7 @@ impl Application {
     /// configuration is known to be good.
     pub async fn build(config: Config) -> Result<Application, StartError> {
         let settings = config.validate()?;
+        let metrics = Arc::new(Metrics::new());
         let pool = database::open_pool(&settings.database).await?;
         database::migrate(&pool).await?;
         for table in &settings.feed.tables {
@@ -86,28 +101,61 @@ impl Application {
         let replay =
             DatabaseConfig { max_connections: settings.history.replay_connections, ..settings.database.clone() };
         let history_pool = database::open_pool(&replay).await?;
-        let feed =
-            Feed::start(pool, history_pool, listener_options, hub.clone(), &settings.feed, &settings.history).await?;
-        let address = settings.server.listen;
-        let listener = TcpListener::bind(address).map_err(|source| listen_error("listen on", address, source))?;
-        let port = listener.local_addr().map_err(|source| listen_error("listen on", address, source))?.port();
-        let health = HealthState { hub: hub.clone(), feed_position: feed.position_handle(), feed: feed.health() };
+        let feed = Feed::start(
+            pool,
+            history_pool,
+            listener_options,
+            hub.clone(),
+            &settings.feed,
+            &settings.history,
+            metrics.clone(),
+        )
+        .await?;
+        let listeners = bind(&settings)?;
+        let gate = Gate::new(settings.connections.clone());
+        let status = Status {
+            hub: hub.clone(),
+            feed: feed.status(),
+            gate: gate.clone(),
+            metrics: metrics.clone(),
+            metrics_token: settings.metrics.token.as_deref().map(Arc::from),
+            ready_max_lag: Duration::from_millis(settings.server.ready_max_lag_ms),
+        };
         let catchup = Arc::new(Catchup::new(hub.clone(), feed.history(), settings.replay_changes));
-        let server = serve(listener, settings, hub.clone(), catchup, sessions, health)?;
-        Ok(Application { server, port, feed, hub })
+        let (port, metrics_port) = (listeners.port, listeners.metrics_port);
+        let shutdown = ShutdownTimes {
+            drain_delay: Duration::from_millis(settings.server.drain_delay_ms),
+            timeout: Duration::from_millis(settings.server.shutdown_timeout_ms),
+        };
+        let server = serve(listeners, settings, catchup, sessions, status)?;
+        Ok(Application { server, port, metrics_port, feed, hub, gate, metrics, shutdown })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The port of the separate metrics listener (`metrics.listen`), if there is one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
+    }
+
     pub fn hub(&self) -> Arc<Hub> {
         self.hub.clone()
     }
 
-    /// A handle that stops the server (see [`ServerHandle::stop`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// A handle that stops the server at once (see [`ServerHandle::stop`]).
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
+    }
+
+    /// A handle that drains and stops the gateway (see [`Shutdown::run`]).
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown { server: self.server.handle(), hub: self.hub.clone(), gate: self.gate.clone(), times: self.shutdown }
     }
 
     /// Runs until the server is stopped through its handle; the feed stops with it.
@@ -119,24 +167,81 @@ impl Application {
     }
 }
 
+/// Drains a running gateway and stops it.
+#[derive(Clone)]
+pub struct Shutdown {
+    server: ServerHandle,
+    hub: Arc<Hub>,
+    gate: Arc<Gate>,
+    times: ShutdownTimes,
+}
+
+impl Shutdown {
+    /// `server.shutdown_timeout_ms`.
+    pub fn timeout(&self) -> Duration {
+        self.times.timeout
+    }
+
+    /// `/ready` turns 503 and new connections are refused at once; after `drain_delay_ms` every
+    /// WebSocket is closed with 1001 and every SSE stream ends with its position (both after
+    /// what is queued for them); the server then stops, within `shutdown_timeout_ms` in all.
+    pub async fn run(self) {
+        let deadline = tokio::time::Instant::now() + self.times.timeout;
+        self.gate.drain();
+        tracing::info!(drain_delay_ms = self.times.drain_delay.as_millis() as u64, "draining: /ready says 503");
+        tokio::time::sleep(self.times.drain_delay).await;
+        let at = self.hub.close_all();
+        let open = self.hub.census().connections.iter().sum::<usize>();
+        tracing::info!(position = %at, connections = open, "closing every connection");
+        // Connections leave the hub once their last frames are written.
+        while self.hub.census().connections.iter().sum::<usize>() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _ = tokio::time::timeout(left, self.server.stop(true)).await;
+        self.server.stop(false).await;
+    }
+}
+
+/// The bound sockets: the main one, and the metrics one when `metrics.listen` is set.
+struct Bound {
+    main: TcpListener,
+    port: u16,
+    metrics: Option<TcpListener>,
+    metrics_port: Option<u16>,
+}
+
+fn bind(settings: &Settings) -> Result<Bound, StartError> {
+    let bind_one = |address: SocketAddr| -> Result<(TcpListener, u16), StartError> {
+        let listener = TcpListener::bind(address).map_err(|source| listen_error("listen on", address, source))?;
+        let port = listener.local_addr().map_err(|source| listen_error("listen on", address, source))?.port();
+        Ok((listener, port))
+    };
+    let (main, port) = bind_one(settings.server.listen)?;
+    let (metrics, metrics_port) = match settings.metrics.listen.filter(|_| settings.metrics.enabled) {
+        Some(address) => bind_one(address).map(|(l, p)| (Some(l), Some(p)))?,
+        None => (None, None),
+    };
+    Ok(Bound { main, port, metrics, metrics_port })
+}
+
 fn listen_error(action: &'static str, address: SocketAddr, source: std::io::Error) -> StartError {
     StartError::Listen { action, address, source }
 }
 
-/// The HTTP server on `listener`: both transports over one subscribe pipeline, CORS and the
-/// Origin check in front of every route.
+/// The HTTP server on the bound sockets: both transports over one subscribe pipeline, CORS
+/// and the Origin check in front of every route, `/metrics` where [`Listeners`] says.
 fn serve(
-    listener: TcpListener,
+    bound: Bound,
     settings: Settings,
-    hub: Arc<Hub>,
     catchup: Arc<Catchup>,
     sessions: SessionStore,
-    health: HealthState,
+    status: Status,
 ) -> Result<Server, StartError> {
-    let Settings { server, websocket, sse, send_queue, keys, origins, jwt, rules, connections, request_rate, .. } =
+    let Settings { server, websocket, sse, send_queue, keys, origins, jwt, rules, request_rate, metrics: metrics_config, .. } =
         settings;
-    let gate = Gate::new(connections);
-    let tokens = Arc::new(Authenticator::new(jwt, sessions));
+    let (hub, gate, metrics) = (status.hub.clone(), status.gate.clone(), status.metrics.clone());
+    let tokens = Arc::new(Authenticator::new(jwt, sessions, metrics.clone()));
     let limits = AdmissionLimits {
         query: settings.query_limits,
         field_list: settings.field_list,
@@ -150,6 +255,7 @@ fn serve(
         config: sse,
         send_queue: send_queue.clone(),
         gate: gate.clone(),
+        metrics: metrics.clone(),
     };
     let ws = WsSettings {
         session: Arc::new(SessionSettings {
@@ -157,6 +263,7 @@ fn serve(
             admission,
             request_rate: request_rate.0,
             request_burst: request_rate.1,
+            metrics,
         }),
         ping_interval: Duration::from_millis(websocket.timeout_ms),
         max_frame_bytes: websocket.max_frame_bytes,
@@ -165,23 +272,53 @@ fn serve(
         gate,
     };
     let origins = Arc::new(origins);
+    let listeners = Listeners { metrics_enabled: metrics_config.enabled, metrics_port: bound.metrics_port };
     let mut http = HttpServer::new(move || {
         let origins = origins.clone();
         App::new()
             .wrap_fn(move |req, srv| cors::apply(&origins, req, srv))
+            .wrap_fn(move |req, srv| http::restrict(listeners, req, srv))
             .app_data(web::Data::new(ws.clone()))
             .app_data(web::Data::new(sse.clone()))
-            .app_data(web::Data::new(health.clone()))
+            .app_data(web::Data::new(status.clone()))
             .configure(http::routes)
     })
     .on_connect(sse::remember_socket)
-    .shutdown_timeout(5)
+    .shutdown_timeout(server.shutdown_timeout_ms.div_ceil(1000))
     .disable_signals();
     if server.workers > 0 {
         http = http.workers(server.workers);
     }
     let address = server.listen;
-    Ok(http.listen(listener).map_err(|source| listen_error("serve on", address, source))?.run())
+    http = http.listen(bound.main).map_err(|source| listen_error("serve on", address, source))?;
+    if let (Some(listener), Some(address)) = (bound.metrics, metrics_config.listen) {
+        http = http.listen(listener).map_err(|source| listen_error("serve on", address, source))?;
+    }
+    Ok(http.run())
+}
+
+/// Opens the configured database (creating it when `database.create_if_missing` allows), for
+/// the administrative commands.
+pub async fn connect(config: Config) -> Result<PgPool, StartError> {
+    let settings = config.validate()?;
+    Ok(database::open_pool(&settings.database).await?)
+}
+
+/// Applies livegate's migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), StartError> {
+    Ok(database::migrate(pool).await?)
+}
+
+/// Installs the capture trigger on `table` (migrating first, so a fresh database works).
+pub async fn watch(pool: &PgPool, table: &str) -> Result<(), StartError> {
+    database::migrate(pool).await?;
+    Ok(feed::watch(pool, table).await?)
+}
+
+/// Removes the capture trigger from `table`.
+pub async fn unwatch(pool: &PgPool, table: &str) -> Result<(), StartError> {
+    database::migrate(pool).await?;
+    Ok(feed::unwatch(pool, table).await?)
 }
 
 /// Stops a running application gracefully within `timeout`.

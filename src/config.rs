@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::auth::rules::{ClassRule, ClassRules};
@@ -26,9 +26,53 @@ use crate::query::QueryLimits;
 use crate::quota::ConnectionLimits;
 use crate::transport::sse::SseConfig;
 use crate::transport::ws::WebSocketConfig;
+use crate::http::MetricsConfig;
+use crate::telemetry::log::LogConfig;
+
+/// Keys whose values are secrets, wherever they appear: masked by [`Config::masked`].
+const SECRET_KEYS: &[&str] =
+    &["javascript_key", "client_key", "rest_api_key", "windows_key", "master_key", "secret", "secret_base64", "token"];
+
+/// Masks every secret in a configuration value, and the password of any `url`.
+fn mask(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table.iter_mut() {
+                match value {
+                    toml::Value::String(text) if SECRET_KEYS.contains(&key.as_str()) => *text = "****".into(),
+                    toml::Value::String(text) if key == "url" => *text = mask_password(text),
+                    other => mask(other),
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(mask),
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host/…` → `scheme://user:****@host/…`; `password=` parameters too.
+fn mask_password(url: &str) -> String {
+    let mut masked = url.to_string();
+    if let Some(scheme_end) = masked.find("://") {
+        let authority_start = scheme_end + 3;
+        let authority_end = masked[authority_start..].find(['/', '?']).map_or(masked.len(), |i| authority_start + i);
+        if let Some(at) = masked[authority_start..authority_end].rfind('@') {
+            let userinfo = &masked[authority_start..authority_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                masked.replace_range(authority_start + colon + 1..authority_start + at, "****");
+            }
+        }
+    }
+    if let Some(start) = masked.find("password=") {
+        let value_start = start + "password=".len();
+        let value_end = masked[value_start..].find('&').map_or(masked.len(), |i| value_start + i);
+        masked.replace_range(value_start..value_end, "****");
+    }
+    masked
+}
 
 /// The whole configuration. Every field has a default, so an empty file is a valid config.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -42,11 +86,13 @@ pub struct Config {
     pub browser: BrowserConfig,
     pub jwt: JwtConfig,
     pub sessions: SessionConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     /// Per-class rules by class name; `"*"` applies to classes not listed.
     pub classes: BTreeMap<String, ClassRule>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address the HTTP/WebSocket server binds to. Port 0 picks a free port.
@@ -56,15 +102,29 @@ pub struct ServerConfig {
     /// Proxies (IP addresses) whose `X-Forwarded-For` names the client, for the per-address
     /// quotas; from any other peer the header is ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `/ready` answers 503 while the feed is further behind than this.
+    pub ready_max_lag_ms: u64,
+    /// On SIGTERM/SIGINT, how long `/ready` says 503 (and new connections are refused) before
+    /// the open ones are closed, so load balancers stop sending clients here first.
+    pub drain_delay_ms: u64,
+    /// The most a shutdown takes, drain delay included; then the process exits regardless.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), workers: 0, trusted_proxies: Vec::new() }
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
+            trusted_proxies: Vec::new(),
+            ready_max_lag_ms: 10_000,
+            drain_delay_ms: 1_000,
+            shutdown_timeout_ms: 10_000,
+        }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Frames a connection may have waiting; a client whose queue fills is disconnected.
@@ -182,6 +242,8 @@ pub struct Settings {
     pub rules: ClassRules,
     /// How often tokens in use are checked again: the session cache's lifetime, at least 100 ms.
     pub revalidate_every: Duration,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
 }
 
 impl std::error::Error for ConfigError {}
@@ -280,7 +342,18 @@ impl Config {
             jwt,
             sessions: self.sessions,
             rules,
+            metrics: self.metrics,
+            log: self.log,
         })
+    }
+
+    /// The configuration in effect (defaults filled in), as TOML, with every secret masked:
+    /// Parse keys, JWT secrets, the metrics token and the database password.
+    pub fn masked(&self) -> Result<String, ConfigError> {
+        let mut value =
+            toml::Value::try_from(self).map_err(|e| ConfigError(format!("cannot print the configuration: {e}")))?;
+        mask(&mut value);
+        toml::to_string(&value).map_err(|e| ConfigError(format!("cannot print the configuration: {e}")))
     }
 
     fn check_values(&self) -> Result<(), ConfigError> {
@@ -317,6 +390,28 @@ impl Config {
             ("limits.regex_memory_per_connection", self.limits.regex_memory_per_connection as u64),
             ("limits.regex_memory_total", self.limits.regex_memory_total as u64),
             ("database.max_connections", u64::from(self.database.max_connections)),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::invalid(format!("{key} must be greater than 0")));
+        }
+        if self.log.directive().is_none() {
+            return Err(ConfigError::invalid(format!(
+                "log.level {:?} is not a level (error, warn, info, debug, trace, off, or Parse's VERBOSE, SILLY, NONE)",
+                self.log.level
+            )));
+        }
+        if self.server.drain_delay_ms >= self.server.shutdown_timeout_ms {
+            return Err(ConfigError::invalid("server.drain_delay_ms must be below server.shutdown_timeout_ms"));
+        }
+        if self.metrics.listen.is_some_and(|address| address == self.server.listen && address.port() != 0) {
+            return Err(ConfigError::invalid("metrics.listen must differ from server.listen (leave it out to serve /metrics there)"));
+        }
+        if self.metrics.token.as_deref() == Some("") {
+            return Err(ConfigError::invalid("metrics.token is empty; leave it out to serve /metrics without one"));
+        }
+        let positive = [
+            ("server.ready_max_lag_ms", self.server.ready_max_lag_ms),
+            ("server.shutdown_timeout_ms", self.server.shutdown_timeout_ms),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::invalid(format!("{key} must be greater than 0")));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Migrations, in order. Each runs once, in its own transaction. Versions need not be
 /// contiguous: each is applied when its own number is not yet recorded.
@@ -21,7 +21,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 const MIGRATION_LOCK: i64 = 0x6c69_7665_6761_7465;
 
 /// The `[database]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub url: String,

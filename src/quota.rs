@@ -5,8 +5,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
+use crate::telemetry::Transport;
 
 /// The `[limits]` keys this module applies, and whom to believe about a client's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,13 +23,6 @@ pub struct ConnectionLimits {
     pub attempts_per_second_per_ip: u32,
 }
 
-/// Which transport asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    WebSocket,
-    Sse,
-}
-
 /// Why a connection was turned away; `message()` names the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Turned {
@@ -34,13 +30,15 @@ pub enum Turned {
     SsePerIp(usize),
     Total(usize),
     Rate(u32),
+    /// The gateway is draining for a shutdown.
+    Draining,
 }
 
 impl Turned {
     /// 429 when the client itself asks too much, 503 when the gateway as a whole is full.
     pub fn status(self) -> u16 {
         match self {
-            Turned::Total(_) => 503,
+            Turned::Total(_) | Turned::Draining => 503,
             Turned::PerIp(_) | Turned::SsePerIp(_) | Turned::Rate(_) => 429,
         }
     }
@@ -50,6 +48,7 @@ impl Turned {
             Turned::PerIp(n) => format!("too many connections from this address (limits.connections_per_ip = {n})"),
             Turned::SsePerIp(n) => format!("too many SSE streams from this address (limits.sse_streams_per_ip = {n})"),
             Turned::Total(n) => format!("the gateway is full (limits.connections_total = {n}); try again later"),
+            Turned::Draining => "the gateway is shutting down; connect again to reach another one".into(),
             Turned::Rate(n) => {
                 format!("too many connection attempts from this address (limits.connection_rate_per_ip = {n}/s)")
             }
@@ -120,6 +119,8 @@ struct State {
 pub struct Gate {
     limits: ConnectionLimits,
     state: Mutex<State>,
+    /// Set once a shutdown starts: nothing new is admitted.
+    draining: AtomicBool,
 }
 
 /// An admitted connection; dropping it gives its place back.
@@ -127,12 +128,12 @@ pub struct Gate {
 pub struct Permit {
     gate: Arc<Gate>,
     ip: IpAddr,
-    kind: Kind,
+    kind: Transport,
 }
 
 impl Gate {
     pub fn new(limits: ConnectionLimits) -> Arc<Gate> {
-        Arc::new(Gate { limits, state: Mutex::default() })
+        Arc::new(Gate { limits, state: Mutex::default(), draining: AtomicBool::new(false) })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -159,7 +160,19 @@ impl Gate {
         peer
     }
 
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, kind: Kind) -> Result<Permit, Turned> {
+    /// Admits no connection from now on (a shutdown started).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, kind: Transport) -> Result<Permit, Turned> {
+        if self.draining() {
+            return Err(Turned::Draining);
+        }
         let limits = &self.limits;
         let mut state = self.lock();
         let state = &mut *state;
@@ -172,14 +185,14 @@ impl Gate {
         if peer.open >= limits.per_ip {
             return Err(Turned::PerIp(limits.per_ip));
         }
-        if kind == Kind::Sse && peer.sse >= limits.sse_per_ip {
+        if kind == Transport::Sse && peer.sse >= limits.sse_per_ip {
             return Err(Turned::SsePerIp(limits.sse_per_ip));
         }
         if state.total >= limits.total {
             return Err(Turned::Total(limits.total));
         }
         peer.open += 1;
-        peer.sse += usize::from(kind == Kind::Sse);
+        peer.sse += usize::from(kind == Transport::Sse);
         state.total += 1;
         Ok(Permit { gate: self.clone(), ip, kind })
     }
@@ -189,12 +202,12 @@ impl Gate {
         self.lock().total
     }
 
-    fn release(&self, ip: IpAddr, kind: Kind) {
+    fn release(&self, ip: IpAddr, kind: Transport) {
         let mut state = self.lock();
         state.total = state.total.saturating_sub(1);
         if let Some(peer) = state.peers.get_mut(&ip) {
             peer.open = peer.open.saturating_sub(1);
-            peer.sse = peer.sse.saturating_sub(usize::from(kind == Kind::Sse));
+            peer.sse = peer.sse.saturating_sub(usize::from(kind == Transport::Sse));
         }
         // Forget peers with nothing open whose bucket has refilled, once the map has doubled:
         // a peer that reconnects at once keeps its (spent) bucket.
@@ -237,29 +250,29 @@ mod tests {
     #[test]
     fn connections_are_counted_per_ip_and_in_all_and_given_back() {
         let gate = gate(2, 3, 1, 1_000);
-        let a1 = gate.admit(ip(1), Kind::WebSocket).unwrap();
-        let _a2 = gate.admit(ip(1), Kind::Sse).unwrap();
-        assert_eq!(gate.admit(ip(1), Kind::WebSocket).unwrap_err(), Turned::PerIp(2));
-        let _b1 = gate.admit(ip(2), Kind::Sse).unwrap();
-        assert_eq!(gate.admit(ip(2), Kind::Sse).unwrap_err(), Turned::SsePerIp(1));
-        assert_eq!(gate.admit(ip(3), Kind::WebSocket).unwrap_err(), Turned::Total(3));
+        let a1 = gate.admit(ip(1), Transport::WebSocket).unwrap();
+        let _a2 = gate.admit(ip(1), Transport::Sse).unwrap();
+        assert_eq!(gate.admit(ip(1), Transport::WebSocket).unwrap_err(), Turned::PerIp(2));
+        let _b1 = gate.admit(ip(2), Transport::Sse).unwrap();
+        assert_eq!(gate.admit(ip(2), Transport::Sse).unwrap_err(), Turned::SsePerIp(1));
+        assert_eq!(gate.admit(ip(3), Transport::WebSocket).unwrap_err(), Turned::Total(3));
         assert_eq!(Turned::Total(3).status(), 503);
         assert_eq!(Turned::PerIp(2).status(), 429);
         drop(a1);
         assert_eq!(gate.open(), 2);
-        assert!(gate.admit(ip(3), Kind::WebSocket).is_ok(), "a place given back is free");
+        assert!(gate.admit(ip(3), Transport::WebSocket).is_ok(), "a place given back is free");
     }
 
     #[test]
     fn attempts_are_rate_limited_per_ip() {
         let gate = gate(100, 100, 100, 3);
         for _ in 0..3 {
-            drop(gate.admit(ip(1), Kind::WebSocket).unwrap());
+            drop(gate.admit(ip(1), Transport::WebSocket).unwrap());
         }
-        assert_eq!(gate.admit(ip(1), Kind::WebSocket).unwrap_err(), Turned::Rate(3));
-        assert!(gate.admit(ip(2), Kind::WebSocket).is_ok(), "other addresses are not affected");
+        assert_eq!(gate.admit(ip(1), Transport::WebSocket).unwrap_err(), Turned::Rate(3));
+        assert!(gate.admit(ip(2), Transport::WebSocket).is_ok(), "other addresses are not affected");
         std::thread::sleep(std::time::Duration::from_millis(400));
-        assert!(gate.admit(ip(1), Kind::WebSocket).is_ok(), "the bucket refills");
+        assert!(gate.admit(ip(1), Transport::WebSocket).is_ok(), "the bucket refills");
         assert!(Turned::Rate(3).message().contains("limits.connection_rate_per_ip = 3/s"));
     }
 }

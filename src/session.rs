@@ -28,6 +28,7 @@ use crate::protocol::{
     Subscribe,
 };
 use crate::quota::TokenBucket;
+use crate::telemetry::{Metrics, Transport};
 
 /// What every session of one server shares.
 #[derive(Debug, Clone)]
@@ -38,6 +39,7 @@ pub struct SessionSettings {
     /// bursts of `request_burst` (a reconnecting SDK re-sends every subscription at once).
     pub request_rate: u32,
     pub request_burst: u32,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What every frame to a client names it by.
@@ -142,7 +144,7 @@ pub struct ParseSession {
 impl ParseSession {
     pub fn new(settings: Arc<SessionSettings>, outbox: Outbox) -> ParseSession {
         let hub = settings.admission.hub().clone();
-        let connection = hub.register(outbox.clone());
+        let connection = hub.register(outbox.clone(), Transport::WebSocket);
         let requests = TokenBucket::with_burst(settings.request_rate, settings.request_burst);
         ParseSession {
             hub,
@@ -165,6 +167,7 @@ impl ParseSession {
             Decoded::Ignored => tracing::debug!(connection = self.connection, "ignored a frame that is not JSON"),
             Decoded::Invalid(message) => self.error(code::SCHEMA, &message, true, None),
             Decoded::Refused { request_id, refusal } => {
+                self.settings.metrics.refused(refusal.code);
                 self.outbox.push(Outgoing::Text(refusal_text(&refusal, &request_id)));
             }
             Decoded::Request(request) => self.on_request(request).await,
@@ -174,6 +177,11 @@ impl ParseSession {
     /// Binary frames are not parsed by Parse; they fail the schema like an empty object.
     pub fn on_binary(&mut self) {
         self.error(code::SCHEMA, "Missing required property: op", true, None);
+    }
+
+    /// The connection's id in the hub (as logs name it).
+    pub fn connection(&self) -> ConnectionId {
+        self.connection
     }
 
     /// A framer that follows this session's client, for use while the session is busy.
@@ -257,6 +265,13 @@ impl ParseSession {
             // too (it is no longer tracked for token re-checks).
             self.hub.unsubscribe(self.connection, &request_id);
             if let Some(refusal) = refused.refusal() {
+                self.settings.metrics.refused(refusal.code);
+                tracing::info!(
+                    connection = self.connection,
+                    code = refusal.code,
+                    step = refused.step(),
+                    "subscription refused"
+                );
                 self.outbox.push(Outgoing::Text(refusal_text(&refusal, &request_id)));
             }
         }
@@ -291,6 +306,7 @@ impl ParseSession {
         match admission.start(self.connection, request_id.clone(), subscription, resume_from, &self.outbox) {
             Ok(Started::Live(_)) => Ok(()),
             Ok(Started::CatchingUp(task)) => {
+                self.settings.metrics.replay_started(Transport::WebSocket);
                 self.catchups.retain(|_, t| !t.is_finished());
                 self.catchups.insert(request_id, task);
                 Ok(())
@@ -403,6 +419,9 @@ impl ParseSession {
             Request::Subscribe(s) | Request::Update(s) => Some(&s.request_id),
             Request::Connect(_) | Request::Unsubscribe { .. } => None,
         };
+        if request_id.is_some() {
+            self.settings.metrics.refused(code::LIMIT_EXCEEDED);
+        }
         let rate = self.settings.request_rate;
         let message = format!("Too many requests on this connection (limits.request_rate = {rate} per second)");
         self.error(code::LIMIT_EXCEEDED, &message, false, request_id);
@@ -482,7 +501,8 @@ mod tests {
         let tokens = Arc::new(TokenTable::default());
         let (outbox, rx) = Outbox::new(crate::hub::QueueBudget::frames(64));
         let admission = testing::admission(&hub, tokens.clone(), ClassRules::default());
-        let settings = SessionSettings { keys, admission, request_rate: 5, request_burst: 20 };
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let settings = SessionSettings { keys, admission, request_rate: 5, request_burst: 20, metrics };
         let session = ParseSession::new(Arc::new(settings), outbox);
         Harness { session, rx, hub, tokens }
     }

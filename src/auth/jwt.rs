@@ -18,7 +18,7 @@ use base64::{alphabet, Engine};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::access::role_name;
@@ -46,7 +46,7 @@ const ALGORITHM_NAMES: &str = "HS256, HS384, HS512, RS256, RS384, RS512, PS256, 
 ///
 /// Relative `pem_file` and `jwks_file` paths are resolved against the process's current
 /// directory, not against the config file's directory.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
     /// Accepted algorithms, pinned (RFC 7518 names: HS256, HS384, HS512, RS256, RS384, RS512,
@@ -94,7 +94,7 @@ impl Default for JwtConfig {
 
 /// One configured key: an optional `kid` and exactly one of `secret`, `secret_base64`,
 /// `pem_file`.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtKeyConfig {
     /// Key id matched against the token header's `kid`. A key without one serves tokens that

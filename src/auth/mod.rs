@@ -15,6 +15,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use crate::protocol::KeyPairs;
+use crate::telemetry::metrics::{TokenKind, TokenOutcome};
+use crate::telemetry::Metrics;
 pub use access::{can_read, Identity, ReadAcl};
 use jwt::JwtVerifier;
 use sessions::SessionStore;
@@ -54,11 +56,29 @@ pub trait TokenResolver: Send + Sync {
 pub struct Authenticator {
     jwt: Option<Arc<JwtVerifier>>,
     sessions: SessionStore,
+    metrics: Arc<Metrics>,
 }
 
 impl Authenticator {
-    pub fn new(jwt: Option<JwtVerifier>, sessions: SessionStore) -> Authenticator {
-        Authenticator { jwt: jwt.map(Arc::new), sessions }
+    pub fn new(jwt: Option<JwtVerifier>, sessions: SessionStore, metrics: Arc<Metrics>) -> Authenticator {
+        Authenticator { jwt: jwt.map(Arc::new), sessions, metrics }
+    }
+
+    /// [`Authenticator::resolve`], counted by kind and outcome.
+    async fn resolve_counted(&self, token: &str) -> Result<Identity, TokenError> {
+        let kind = match &self.jwt {
+            Some(_) if jwt::looks_like_jwt(token) => TokenKind::Jwt,
+            _ => TokenKind::Session,
+        };
+        let resolved = self.resolve(token).await;
+        let outcome = match &resolved {
+            Ok(_) => TokenOutcome::Accepted,
+            Err(TokenError::Invalid(_)) => TokenOutcome::Invalid,
+            Err(TokenError::Expired) => TokenOutcome::Expired,
+            Err(TokenError::Unavailable(_)) => TokenOutcome::Unavailable,
+        };
+        self.metrics.token_checked(kind, outcome);
+        resolved
     }
 
     async fn resolve(&self, token: &str) -> Result<Identity, TokenError> {
@@ -88,7 +108,7 @@ impl Authenticator {
 
 impl TokenResolver for Authenticator {
     fn identify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, TokenError>> {
-        Box::pin(self.resolve(token))
+        Box::pin(self.resolve_counted(token))
     }
 }
 

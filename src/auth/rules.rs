@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::access::{role_name, Identity};
 use crate::protocol::code;
 
 /// One `[classes.<name>]` table; `[classes."*"]` applies to classes not listed.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClassRule {
     /// "anyone", "authenticated", "roles" (members of `roles`), or "master".

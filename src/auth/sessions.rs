@@ -63,7 +63,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use futures_util::TryStreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgPool, PgRow, PgTypeInfo, PgValueRef, Postgres};
 use sqlx::Row;
@@ -77,7 +77,7 @@ use super::{Claims, TokenError};
 pub const MAX_TOKEN_BYTES: usize = 4096;
 
 /// `[sessions]` config section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// SQL taking the token as `$1`, returning at most one row with columns `user_id` (text),

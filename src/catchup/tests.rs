@@ -1,5 +1,6 @@
 //! Catch-up against an in-memory history and the real hub: every exit of the replay.
 
+use crate::telemetry::Transport;
 use std::sync::Mutex;
 
 use serde_json::{json, Map, Value};
@@ -85,7 +86,7 @@ fn client(epoch: Uuid, live: i64, history: Changes) -> Client {
     let hub = Arc::new(Hub::new(crate::hub::HubLimits::per_connection(10)));
     hub.start_epoch(Position::new(epoch, live));
     let (outbox, rx) = Outbox::new(crate::hub::QueueBudget::frames(64));
-    let connection = hub.register(outbox.clone());
+    let connection = hub.register(outbox.clone(), Transport::WebSocket);
     let catchup = Arc::new(Catchup::new(hub.clone(), Arc::new(history), MAX_REPLAY));
     Client { hub, catchup, connection, outbox, rx }
 }

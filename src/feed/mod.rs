@@ -19,12 +19,12 @@ pub use catalog::Catalog;
 pub use rows::{to_parse_object, TableInfo};
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use tokio::sync::{Mutex, Notify};
@@ -35,6 +35,7 @@ use crate::catchup::{HistoryBatch, HistoryError, HistorySource};
 use crate::database::DatabaseError;
 use crate::hub::Hub;
 use crate::position::Position;
+use crate::telemetry::Metrics;
 use catalog::CHANGE_COLUMNS;
 
 /// The NOTIFY channel the capture trigger rings.
@@ -52,6 +53,16 @@ pub async fn watch(pool: &PgPool, table: &str) -> Result<(), DatabaseError> {
         .map_err(|e| DatabaseError::new(format!("cannot watch table {table}: {}", database_message(&e))))
 }
 
+/// Stops watching `table` (its capture trigger is removed; history it left stays).
+pub async fn unwatch(pool: &PgPool, table: &str) -> Result<(), DatabaseError> {
+    sqlx::query("select livegate.unwatch($1::regclass)")
+        .bind(table)
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| DatabaseError::new(format!("cannot unwatch table {table}: {}", database_message(&e))))
+}
+
 fn database_message(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => db.message().to_string(),
@@ -60,7 +71,7 @@ fn database_message(e: &sqlx::Error) -> String {
 }
 
 /// The `[feed]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeedConfig {
     /// Tables watched at start-up (`schema.table` or `table` for `public`).
@@ -90,7 +101,7 @@ impl Default for FeedConfig {
 }
 
 /// Retention of the change table: what clients can resume from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
     /// Changes older than this are pruned, in seconds; 0 keeps changes regardless of age.
@@ -118,15 +129,25 @@ impl Default for HistoryConfig {
     }
 }
 
-/// Whether the feed can currently do its work: its listener holds a LISTEN connection, and its
-/// last read of the change table succeeded. Read by `/ready`.
+/// Where the feed stands, for `/ready`, `/health` and `/metrics`: whether its listener holds a
+/// LISTEN connection and its last read of the change table succeeded, the positions it
+/// published and saw sequenced, the floor of history, how far behind it is, and how full
+/// PostgreSQL's notification queue was when last sampled.
 #[derive(Debug, Default)]
-pub struct FeedHealth {
+pub struct FeedStatus {
     listening: AtomicBool,
     reading: AtomicBool,
+    position: AtomicI64,
+    head: AtomicI64,
+    floor: AtomicI64,
+    /// Capture time, in µs since the Unix epoch, of the oldest change not yet published; 0 when
+    /// caught up.
+    oldest_unpublished_us: AtomicI64,
+    /// `pg_notification_queue_usage()`, as `f64` bits.
+    notify_queue_usage: AtomicU64,
 }
 
-impl FeedHealth {
+impl FeedStatus {
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::Acquire)
     }
@@ -134,12 +155,54 @@ impl FeedHealth {
     pub fn reading(&self) -> bool {
         self.reading.load(Ordering::Acquire)
     }
+
+    /// The last position handed to the hub.
+    pub fn position(&self) -> i64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// The last position the stream sequenced, as last read.
+    pub fn head(&self) -> i64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Positions at or below this are pruned.
+    pub fn floor(&self) -> i64 {
+        self.floor.load(Ordering::Acquire)
+    }
+
+    /// From the capture of the oldest unpublished change to now (zero when caught up). Capture
+    /// times come from the database's clock, so a skew between it and this host's shows here.
+    pub fn lag(&self) -> Duration {
+        let oldest = self.oldest_unpublished_us.load(Ordering::Acquire);
+        if oldest == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(u64::try_from(now_us() - oldest).unwrap_or(0))
+    }
+
+    pub fn notify_queue_usage(&self) -> f64 {
+        f64::from_bits(self.notify_queue_usage.load(Ordering::Acquire))
+    }
+
+    fn stream(&self, stream: StreamState) {
+        self.head.store(stream.head, Ordering::Release);
+        self.floor.store(stream.floor, Ordering::Release);
+    }
 }
+
+/// Microseconds since the Unix epoch, on this host's clock.
+fn now_us() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// How often `pg_notification_queue_usage()` is sampled.
+const NOTIFY_QUEUE_SAMPLE: Duration = Duration::from_secs(5);
 
 /// A running feed. Dropping it stops its tasks.
 pub struct Feed {
-    position: Arc<AtomicI64>,
-    health: Arc<FeedHealth>,
+    status: Arc<FeedStatus>,
     history: Arc<History>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -153,20 +216,23 @@ impl Feed {
         hub: Arc<Hub>,
         config: &FeedConfig,
         retention: &HistoryConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Feed, DatabaseError> {
         let stream = StreamState::check_origin(&pool)
             .await
             .map_err(|e| DatabaseError::new(format!("cannot read the change stream: {e}")))?;
         hub.start_epoch(Position::new(stream.epoch, stream.head));
-        let position = Arc::new(AtomicI64::new(stream.head));
-        let health = Arc::new(FeedHealth { listening: AtomicBool::new(false), reading: AtomicBool::new(true) });
+        let status = Arc::new(FeedStatus { reading: AtomicBool::new(true), ..FeedStatus::default() });
+        status.position.store(stream.head, Ordering::Release);
+        status.stream(stream);
         let doorbell = Arc::new(Notify::new());
         let backoff = Backoff::new(config);
         let listener = tokio::spawn(listen(
             listener_options.application_name(LISTENER_APPLICATION_NAME),
             doorbell.clone(),
             backoff.clone(),
-            health.clone(),
+            status.clone(),
+            metrics.clone(),
         ));
         let reader = Reader {
             pool: pool.clone(),
@@ -174,30 +240,26 @@ impl Feed {
             catalog: Catalog::new(config.aliases.clone()),
             epoch: stream.epoch,
             cursor: stream.head,
-            position: position.clone(),
             batch_size: config.batch_size,
             check_origin: false,
-            health: health.clone(),
+            status: status.clone(),
+            metrics,
         };
         let reader = tokio::spawn(reader.run(doorbell, Duration::from_millis(config.poll_interval_ms), backoff));
-        let pruner = tokio::spawn(prune(pool.clone(), retention.clone(), position.clone()));
+        let pruner = tokio::spawn(prune(pool.clone(), retention.clone(), status.clone()));
+        let sampler = tokio::spawn(sample_notify_queue(pool.clone(), status.clone()));
         let history = Arc::new(History {
             pool: history_pool,
             catalog: Mutex::new(Catalog::new(config.aliases.clone())),
             aliases: config.aliases.clone(),
             batch_size: config.batch_size,
         });
-        Ok(Feed { position, health, history, tasks: vec![listener, reader, pruner] })
+        Ok(Feed { status, history, tasks: vec![listener, reader, pruner, sampler] })
     }
 
-    /// Whether the feed is listening and reading, shared for reporting.
-    pub fn health(&self) -> Arc<FeedHealth> {
-        self.health.clone()
-    }
-
-    /// The last stream position handed to the hub, shared for reporting.
-    pub fn position_handle(&self) -> Arc<AtomicI64> {
-        self.position.clone()
+    /// Where the feed stands, shared for reporting.
+    pub fn status(&self) -> Arc<FeedStatus> {
+        self.status.clone()
     }
 
     /// Retained history, for clients that resume.
@@ -265,8 +327,15 @@ impl Backoff {
     }
 }
 
-async fn listen(options: PgConnectOptions, doorbell: Arc<Notify>, mut backoff: Backoff, health: Arc<FeedHealth>) {
+async fn listen(
+    options: PgConnectOptions,
+    doorbell: Arc<Notify>,
+    mut backoff: Backoff,
+    status: Arc<FeedStatus>,
+    metrics: Arc<Metrics>,
+) {
     let pool = PgPoolOptions::new().max_connections(1).min_connections(0).connect_lazy_with(options);
+    let mut connected_before = false;
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
@@ -282,8 +351,14 @@ async fn listen(options: PgConnectOptions, doorbell: Arc<Notify>, mut backoff: B
             backoff.wait().await;
             continue;
         }
-        tracing::info!("feed listener connected");
-        health.listening.store(true, Ordering::Release);
+        if connected_before {
+            metrics.database_reconnected();
+            tracing::info!("feed listener reconnected");
+        } else {
+            tracing::info!("feed listener connected");
+        }
+        connected_before = true;
+        status.listening.store(true, Ordering::Release);
         // Anything committed while nobody listened is found by this catch-up read.
         doorbell.notify_one();
         backoff.reset();
@@ -300,7 +375,7 @@ async fn listen(options: PgConnectOptions, doorbell: Arc<Notify>, mut backoff: B
                 }
             }
         }
-        health.listening.store(false, Ordering::Release);
+        status.listening.store(false, Ordering::Release);
         doorbell.notify_one();
         drop(listener);
         backoff.wait().await;
@@ -313,11 +388,11 @@ struct Reader {
     catalog: Catalog,
     epoch: Uuid,
     cursor: i64,
-    position: Arc<AtomicI64>,
     batch_size: u32,
     /// Set after losing the database: it may have come back restored from a backup.
     check_origin: bool,
-    health: Arc<FeedHealth>,
+    status: Arc<FeedStatus>,
+    metrics: Arc<Metrics>,
 }
 
 impl Reader {
@@ -329,10 +404,12 @@ impl Reader {
             }
             loop {
                 let read = self.read_batch().await;
-                self.health.reading.store(read.is_ok(), Ordering::Release);
+                self.status.reading.store(read.is_ok(), Ordering::Release);
                 match read {
                     Ok(read) if read >= self.batch_size as usize => continue,
                     Ok(_) => {
+                        // Everything sequenced when the batch was read is published.
+                        self.status.oldest_unpublished_us.store(0, Ordering::Release);
                         backoff.reset();
                         break;
                     }
@@ -357,6 +434,7 @@ impl Reader {
             .fetch_one(&self.pool)
             .await?;
         let stream = StreamState::from_row(&row)?;
+        self.status.stream(stream);
         match next_step(self.epoch, self.cursor, stream) {
             Step::Read => {}
             Step::Idle => return Ok(0),
@@ -379,7 +457,8 @@ impl Reader {
             }
         }
         let rows = sqlx::query(&format!(
-            "select {CHANGE_COLUMNS} from livegate.changes where pos > $1 and pos <= $2 order by pos limit $3"
+            "select {CHANGE_COLUMNS}, (extract(epoch from captured_at) * 1000000)::int8 as captured_us \
+             from livegate.changes where pos > $1 and pos <= $2 order by pos limit $3"
         ))
         .bind(self.cursor)
         .bind(stream.head)
@@ -388,8 +467,11 @@ impl Reader {
         .await?;
         let count = rows.len();
         for row in rows {
+            let captured_us: i64 = row.try_get("captured_us")?;
+            self.status.oldest_unpublished_us.store(captured_us, Ordering::Release);
             let change = self.catalog.change(&self.pool, &row).await?;
             self.hub.publish(&change);
+            self.metrics.published((now_us() - captured_us) as f64 / 1e6);
             self.advance_to(change.pos);
         }
         Ok(count)
@@ -397,7 +479,7 @@ impl Reader {
 
     fn advance_to(&mut self, pos: i64) {
         self.cursor = pos;
-        self.position.store(pos, Ordering::Release);
+        self.status.position.store(pos, Ordering::Release);
     }
 }
 
@@ -496,7 +578,7 @@ impl HistorySource for History {
 }
 
 /// Deletes history outside retention every `prune_interval_ms`, one short transaction per batch.
-async fn prune(pool: PgPool, retention: HistoryConfig, published: Arc<AtomicI64>) {
+async fn prune(pool: PgPool, retention: HistoryConfig, status: Arc<FeedStatus>) {
     if retention.max_age_secs == 0 && retention.max_changes == 0 {
         return;
     }
@@ -511,7 +593,7 @@ async fn prune(pool: PgPool, retention: HistoryConfig, published: Arc<AtomicI64>
                 .bind(max_age.as_deref())
                 .bind(keep)
                 .bind(retention.prune_batch as i32)
-                .bind(published.load(Ordering::Acquire))
+                .bind(status.position())
                 .fetch_one(&pool)
                 .await;
             match deleted {
@@ -527,6 +609,20 @@ async fn prune(pool: PgPool, retention: HistoryConfig, published: Arc<AtomicI64>
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Samples `pg_notification_queue_usage()`: a queue that fills up (a listener somewhere not
+/// reading) makes every NOTIFY, and so every write to a watched table, fail once it is full.
+async fn sample_notify_queue(pool: PgPool, status: Arc<FeedStatus>) {
+    let mut interval = tokio::time::interval(NOTIFY_QUEUE_SAMPLE);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match sqlx::query_scalar::<_, f64>("select pg_notification_queue_usage()").fetch_one(&pool).await {
+            Ok(usage) => status.notify_queue_usage.store(usage.to_bits(), Ordering::Release),
+            Err(e) => tracing::debug!(error = %e, "cannot sample the notification queue"),
         }
     }
 }

@@ -20,7 +20,7 @@ mod outbox;
 mod payload;
 
 pub use index::IndexEntry;
-pub use outbox::{Delivery, Outbox, Outgoing, Queue, QueueBudget, TotalBudget};
+pub use outbox::{CloseCause, Delivery, Outbox, Outgoing, Queue, QueueBudget, TotalBudget};
 pub use payload::Payload;
 
 use event::{shape, Matches};
@@ -39,6 +39,7 @@ use crate::auth::access::{Identity, ReadAcl};
 use crate::position::{Gap, Position};
 use crate::protocol::{code, Refusal, RequestId};
 use crate::query::{canonical_key, Query, QueryError, QueryLimits};
+use crate::telemetry::Transport;
 
 pub type ConnectionId = u64;
 
@@ -210,6 +211,18 @@ pub struct HubStats {
     pub distinct_queries: usize,
 }
 
+/// What the hub holds, by transport and by kind of query (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Registered connections, by [`Transport::index`].
+    pub connections: [usize; 2],
+    /// Subscriptions filed in the hub (live or held), by [`Transport::index`].
+    pub subscriptions: [usize; 2],
+    /// Distinct queries an index finds, and those evaluated for every change of their class.
+    pub indexed_queries: usize,
+    pub scanned_queries: usize,
+}
+
 struct Member {
     outbox: Outbox,
     keys: Option<Arc<[String]>>,
@@ -303,6 +316,7 @@ struct Entry {
 
 struct Connection {
     outbox: Outbox,
+    transport: Transport,
     /// requestId → where its subscription is filed.
     subscriptions: HashMap<RequestId, Entry>,
     /// requestIds reserved by subscriptions that are still catching up.
@@ -420,10 +434,16 @@ impl Hub {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn register(&self, outbox: Outbox) -> ConnectionId {
+    pub fn register(&self, outbox: Outbox, transport: Transport) -> ConnectionId {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let connection =
-            Connection { outbox, subscriptions: HashMap::new(), reserved: HashMap::new(), scanned: 0, regex_memory: 0 };
+        let connection = Connection {
+            outbox,
+            transport,
+            subscriptions: HashMap::new(),
+            reserved: HashMap::new(),
+            scanned: 0,
+            regex_memory: 0,
+        };
         self.write().connections.insert(id, connection);
         id
     }
@@ -616,6 +636,31 @@ impl Hub {
         }
     }
 
+    /// Counts connections and subscriptions by transport, and distinct queries by kind.
+    pub fn census(&self) -> Census {
+        let state = self.read();
+        let mut census = Census::default();
+        for connection in state.connections.values() {
+            census.connections[connection.transport.index()] += 1;
+            census.subscriptions[connection.transport.index()] += connection.subscriptions.len();
+        }
+        let groups: usize = state.shared.classes.values().map(|c| c.groups.len()).sum();
+        census.scanned_queries = state.shared.scanned_groups;
+        census.indexed_queries = groups.saturating_sub(state.shared.scanned_groups);
+        census
+    }
+
+    /// Closes every connection's outbox for a shutdown, at the position published so far: every
+    /// change up to it is queued already (fan-out cannot run under the write lock), none after.
+    pub fn close_all(&self) -> Position {
+        let state = self.write();
+        let at = self.live(&state);
+        for connection in state.connections.values() {
+            connection.outbox.close_because(CloseCause::Shutdown { at });
+        }
+        at
+    }
+
     /// Fans one change out to every subscriber it concerns.
     pub fn publish(&self, change: &Change) {
         let state = self.read();
@@ -641,6 +686,7 @@ impl Hub {
                         request_id: request_id.clone(),
                         payload,
                         positioned: member.positions,
+                        replayed: false,
                     }));
                 }
             }
@@ -667,7 +713,8 @@ pub fn replay(subscription: &Subscription, request_id: &RequestId, change: &Chan
         subscription.keys.as_ref(),
         subscription.hidden.as_ref(),
     );
-    Some(Delivery { op: shape.op(), request_id: request_id.clone(), payload, positioned: subscription.positions })
+    let positioned = subscription.positions;
+    Some(Delivery { op: shape.op(), request_id: request_id.clone(), payload, positioned, replayed: true })
 }
 
 impl Shared {

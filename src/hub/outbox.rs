@@ -4,7 +4,7 @@
 //! failed push and holds at most its budget of memory.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, Notify};
@@ -100,11 +100,25 @@ pub struct Delivery {
     pub payload: Arc<Payload>,
     /// The subscriber tracks positions: frame the event with its position.
     pub positioned: bool,
+    /// Replayed from history to a resuming subscriber (counted apart from live events).
+    pub replayed: bool,
+}
+
+/// Why an outbox was closed; the first reason given is the one kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// Its queue overflowed (or the total budget cut it): the client reads too slowly.
+    TooSlow,
+    /// The transport ended it (the client hung up, or the stream was dropped).
+    Ended,
+    /// The gateway is shutting down; every change up to `at` was queued before the close.
+    Shutdown { at: Position },
 }
 
 #[derive(Debug)]
 struct Closer {
     closed: AtomicBool,
+    cause: OnceLock<CloseCause>,
     notify: Notify,
 }
 
@@ -134,6 +148,11 @@ impl Queue {
         Some(item)
     }
 
+    /// Whether nothing is waiting (the transport has sent all it was given).
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     pub fn try_recv(&mut self) -> Result<Outgoing, TryRecvError> {
         let item = self.rx.try_recv()?;
         self.taken(&item);
@@ -159,7 +178,7 @@ impl Drop for Queue {
 impl Outbox {
     pub fn new(budget: QueueBudget) -> (Outbox, Queue) {
         let (tx, rx) = mpsc::channel(budget.frames.max(1));
-        let closer = Arc::new(Closer { closed: AtomicBool::new(false), notify: Notify::new() });
+        let closer = Arc::new(Closer { closed: AtomicBool::new(false), cause: OnceLock::new(), notify: Notify::new() });
         let queued = Arc::new(AtomicUsize::new(0));
         let total = budget.total;
         total.queues.fetch_add(1, Ordering::AcqRel);
@@ -225,11 +244,22 @@ impl Outbox {
         self.push(item)
     }
 
-    /// Marks the connection for disconnection (its queue overflowed, or it is shutting down).
+    /// Marks the connection for disconnection because its queue overflowed.
     pub fn close(&self) {
+        self.close_because(CloseCause::TooSlow);
+    }
+
+    /// Marks the connection for disconnection; its transport learns why from [`Outbox::cause`].
+    pub fn close_because(&self, cause: CloseCause) {
+        let _ = self.closer.cause.set(cause);
         if !self.closer.closed.swap(true, Ordering::AcqRel) {
             self.closer.notify.notify_one();
         }
+    }
+
+    /// Why the outbox was closed; `None` while it is open.
+    pub fn cause(&self) -> Option<CloseCause> {
+        self.closer.cause.get().copied()
     }
 
     pub fn is_closed(&self) -> bool {

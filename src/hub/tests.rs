@@ -1,3 +1,4 @@
+use crate::telemetry::Transport;
 use serde_json::{json, Value};
 
 use super::*;
@@ -22,7 +23,7 @@ fn change(kind: ChangeKind, old: Option<RowImage>, new: Option<RowImage>) -> Cha
 
 fn connect(hub: &Hub, capacity: usize) -> (ConnectionId, crate::hub::Queue) {
     let (outbox, rx) = Outbox::new(crate::hub::QueueBudget::frames(capacity));
-    (hub.register(outbox), rx)
+    (hub.register(outbox, Transport::WebSocket), rx)
 }
 
 fn subscribe(hub: &Hub, conn: ConnectionId, id: i64, sub: Subscription) {

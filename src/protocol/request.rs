@@ -37,7 +37,7 @@ pub struct Connect {
 
 /// Parse's five keys, as configured (`[keys]`) and as a `connect` presents them: one type, so
 /// that the check pairs them field by field ([`KeyPairs::fields`]) rather than by hand.
-#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyPairs {
     pub javascript_key: Option<String>,

@@ -17,18 +17,21 @@
 //! (`create`/`enter`/`update`/`leave`/`delete`) with `id:` = their position and `data:` =
 //! `{"object":…,"original":…}`; `event: gap` when history cannot be replayed (refetch, then
 //! carry on); a comment every `keepalive` on an idle stream. A client too slow for its queue is
-//! cut off; the browser then reconnects and resumes from its last event.
+//! cut off; the browser then reconnects and resumes from its last event. When the gateway shuts
+//! down, what is queued is sent, then `event: shutdown` whose `id:` is where the stream stopped,
+//! and the stream ends: the browser reconnects (to another gateway) and loses nothing.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::task::AbortHandle;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
@@ -36,13 +39,15 @@ use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use super::{peer_ip, sleep_until, turned_away};
 use crate::admission::{Admission, Refused, Started, SubscribeRequest};
 use crate::auth::{constant_time_eq, Identity, TokenError};
-use crate::hub::{ConnectionId, Delivery, Hub, Outbox, Outgoing, Queue, QueueBudget, Subscription};
+use crate::hub::{CloseCause, ConnectionId, Delivery, Hub, Outbox, Outgoing, Queue, QueueBudget, Subscription};
 use crate::position::Position;
 use crate::protocol::{code, Refusal, RequestId};
-use crate::quota::{Gate, Kind, Permit};
+use crate::quota::{Gate, Permit};
+use crate::telemetry::metrics::Tally;
+use crate::telemetry::{Disconnect, Metrics, Transport};
 
 /// The `[sse]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SseConfig {
     /// A comment line is sent this often on an idle stream, so proxies and browsers keep it.
@@ -68,6 +73,7 @@ pub struct SseSettings {
     pub send_queue: QueueBudget,
     /// Connections per client address and in total.
     pub gate: Arc<Gate>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The URL parameters; unknown ones are refused so that a typo never widens a query.
@@ -150,6 +156,14 @@ impl Rejection {
         let Refusal { code, message, .. } = self.refusal;
         HttpResponse::build(self.status).json(json!({"code": code, "error": message}))
     }
+
+    /// The response, counted and logged as a refused subscription.
+    fn refused(self, metrics: &Metrics, step: Option<&'static str>) -> HttpResponse {
+        metrics.refused(self.refusal.code);
+        let (status, code) = (self.status.as_u16(), self.refusal.code);
+        tracing::info!(transport = "sse", status, code, step, "subscription refused");
+        self.response()
+    }
 }
 
 impl From<Refused> for Rejection {
@@ -180,14 +194,21 @@ struct Admitted {
 }
 
 pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::Data<SseSettings>) -> HttpResponse {
-    let permit = match settings.gate.admit(peer_ip(&req, &settings.gate), Kind::Sse) {
+    let peer = peer_ip(&req, &settings.gate);
+    let permit = match settings.gate.admit(peer, Transport::Sse) {
         Ok(permit) => permit,
         Err(turned) => return turned_away(turned),
     };
     match admit(&req, &class, &settings).await {
-        Ok(admitted) => stream(admitted, settings.get_ref().clone(), permit, peer_socket(&req)),
-        Err(rejection) => rejection.response(),
+        Ok(admitted) => stream(admitted, settings.get_ref().clone(), Peer { ip: peer, permit }, peer_socket(&req)),
+        Err(rejection) => rejection.refused(&settings.metrics, None),
     }
+}
+
+/// Who a stream is for: the client's address, and its place in the quotas.
+struct Peer {
+    ip: IpAddr,
+    permit: Permit,
 }
 
 /// The shared pipeline ([`Admission`]), fed from the URL and headers.
@@ -242,34 +263,37 @@ fn request_id() -> RequestId {
     RequestId::from(1)
 }
 
-fn stream(
-    admitted: Admitted,
-    settings: SseSettings,
-    permit: Permit,
-    socket: Option<tokio::net::TcpStream>,
-) -> HttpResponse {
+fn stream(admitted: Admitted, settings: SseSettings, peer: Peer, socket: Option<tokio::net::TcpStream>) -> HttpResponse {
     let Admitted { subscription, since, token } = admitted;
     let identity = subscription.identity.clone();
     let admission = settings.admission.clone();
     let (outbox, queue) = Outbox::new(settings.send_queue.clone());
-    let connection = admission.hub().register(outbox.clone());
+    let connection = admission.hub().register(outbox.clone(), Transport::Sse);
     let registration = Arc::new(Registration {
         hub: admission.hub().clone(),
         connection,
         catchup: Mutex::new(None),
         ended: AtomicBool::new(false),
-        _permit: permit,
+        reason: OnceLock::new(),
+        opened: Instant::now(),
+        metrics: settings.metrics.clone(),
+        _permit: peer.permit,
     });
     // Registered (or reserved) before the response starts: no change after the first byte is
     // missed.
     match admission.start(connection, request_id(), subscription, since, &outbox) {
         Ok(Started::Live(_)) => {}
-        Ok(Started::CatchingUp(task)) => registration.hold(task),
+        Ok(Started::CatchingUp(task)) => {
+            settings.metrics.replay_started(Transport::Sse);
+            registration.hold(task);
+        }
         Err(refused) => {
-            tracing::warn!(error = ?refused, "an SSE subscription was refused");
-            return Rejection::from(refused).response();
+            let _ = registration.reason.set(None);
+            let step = refused.step();
+            return Rejection::from(refused).refused(&settings.metrics, Some(step));
         }
     }
+    tracing::info!(transport = "sse", connection, peer = %peer.ip, "connection opened");
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
     watch(registration.clone(), outbox.clone(), queue.clone(), socket);
     let every = admission.revalidate_every;
@@ -292,6 +316,10 @@ struct Registration {
     connection: ConnectionId,
     catchup: Mutex<Option<AbortHandle>>,
     ended: AtomicBool,
+    /// Why the stream ends, when it is not the client's doing; `None` when it never started.
+    reason: OnceLock<Option<Disconnect>>,
+    opened: Instant,
+    metrics: Arc<Metrics>,
     /// Given back when the last holder (the stream or its watch) is gone.
     _permit: Permit,
 }
@@ -299,6 +327,11 @@ struct Registration {
 impl Registration {
     fn hold(&self, task: AbortHandle) {
         *self.catchup.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
+
+    /// Notes why the stream is ending (the first reason given wins).
+    fn ending(&self, reason: Disconnect) {
+        let _ = self.reason.set(Some(reason));
     }
 
     fn end(&self) {
@@ -309,6 +342,18 @@ impl Registration {
             task.abort();
         }
         self.hub.disconnect(self.connection);
+        match self.reason.get() {
+            Some(None) => {} // never streamed: refused at the start, counted as a refusal
+            Some(Some(reason)) => self.log_end(*reason),
+            None => self.log_end(Disconnect::Client),
+        }
+    }
+
+    fn log_end(&self, reason: Disconnect) {
+        self.metrics.disconnected(reason);
+        let duration_ms = self.opened.elapsed().as_millis() as u64;
+        let (connection, reason) = (self.connection, reason.as_str());
+        tracing::info!(transport = "sse", connection, reason, duration_ms, "connection closed");
     }
 }
 
@@ -332,8 +377,13 @@ fn watch(
             _ = outbox.closed() => {}
             // Nothing may be written for a long while (a quiet query): the client's hang-up is
             // seen on the socket itself, not when a write fails at the next keep-alive.
-            _ = hang_up(socket) => outbox.close(),
+            _ = hang_up(socket) => outbox.close_because(CloseCause::Ended),
         }
+        registration.ending(match outbox.cause() {
+            Some(CloseCause::Shutdown { .. }) => Disconnect::Shutdown,
+            Some(CloseCause::Ended) => Disconnect::Client,
+            Some(CloseCause::TooSlow) | None => Disconnect::SlowConsumer,
+        });
         registration.end();
         if let Ok(mut queue) = queue.try_lock() {
             while queue.try_recv().is_ok() {}
@@ -387,13 +437,19 @@ struct Stream {
     check: Option<TokenCheck>,
     registration: Arc<Registration>,
     ended: bool,
+    /// `subscribed` was sent: the subscription is live, so the hub's position is the client's.
+    live: bool,
+    /// The `id:` of the last event sent, where a browser resumes from.
+    last_id: Option<String>,
+    tally: Tally,
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        self.tally.flush(&self.registration.metrics, Transport::Sse);
         self.registration.end();
         // Wakes the watch, which then ends too.
-        self.outbox.close();
+        self.outbox.close_because(CloseCause::Ended);
     }
 }
 
@@ -424,7 +480,18 @@ impl Stream {
         let mut keepalive = interval_at(Instant::now() + every, every);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let first = Bytes::from(format!("retry: {}\n\n", config.retry_ms));
-        Stream { first: Some(first), queue, outbox, keepalive, check, registration, ended: false }
+        Stream {
+            first: Some(first),
+            queue,
+            outbox,
+            keepalive,
+            check,
+            registration,
+            ended: false,
+            live: false,
+            last_id: None,
+            tally: Tally::default(),
+        }
     }
 
     async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Stream)> {
@@ -441,10 +508,10 @@ impl Stream {
                 biased;
                 _ = self.outbox.closed() => {
                     self.ended = true;
-                    frame_error(code::LIMIT_EXCEEDED, "send queue full: client too slow; reconnect to resume")
+                    self.closing(&mut queue)?
                 }
                 item = queue.recv() => match item {
-                    Some(item) => frame(item),
+                    Some(item) => self.render(item),
                     None => return None,
                 },
                 _ = self.keepalive.tick() => ": keep-alive\n\n".to_string(),
@@ -452,14 +519,49 @@ impl Stream {
                     Ok(()) => continue,
                     Err(error_event) => {
                         self.ended = true;
-                        flush_then(&mut queue, error_event)
+                        self.registration.ending(Disconnect::TokenExpired);
+                        self.flush_then(&mut queue, error_event)
                     }
                 },
             };
         };
+        self.tally.bytes(text.len());
+        if queue.is_empty() {
+            self.tally.flush(&self.registration.metrics, Transport::Sse);
+        }
         drop(queue);
         self.keepalive.reset();
         Some((Ok(Bytes::from(text)), self))
+    }
+
+    /// The last text of a stream whose outbox closed, or `None` when the client is gone. A
+    /// shutdown sends what is queued, then a `shutdown` event whose id is where the client
+    /// resumes (on any gateway) with nothing lost.
+    fn closing(&mut self, queue: &mut Queue) -> Option<String> {
+        match self.outbox.cause() {
+            Some(CloseCause::Shutdown { at }) => {
+                self.registration.ending(Disconnect::Shutdown);
+                let id = self.resume_id(at);
+                let data = json!({"reason": "the gateway is shutting down; reconnect to resume", "position": id});
+                Some(self.flush_then(queue, format!("event: shutdown\n{}data: {data}\n\n", id_line(id.as_deref()))))
+            }
+            Some(CloseCause::Ended) => None,
+            Some(CloseCause::TooSlow) | None => {
+                self.registration.ending(Disconnect::SlowConsumer);
+                Some(frame_error(code::LIMIT_EXCEEDED, "send queue full: client too slow; reconnect to resume"))
+            }
+        }
+    }
+
+    /// Where the client resumes from once delivery stopped at `at`: `at` itself when the
+    /// subscription is live (everything up to it is queued), else (still catching up) the last
+    /// id it was sent, if any.
+    fn resume_id(&self, at: Position) -> Option<String> {
+        if self.live {
+            Some(at.to_string())
+        } else {
+            self.last_id.clone()
+        }
     }
 
     /// Re-checks the token: a changed identity is updated in the hub; a lapsed one stops
@@ -474,7 +576,8 @@ impl Stream {
             Err(e) => {
                 let stopped = hub.suspend(*connection, &request_id()).unwrap_or_else(|| hub.position());
                 let data = json!({"code": code::INVALID_SESSION_TOKEN, "error": e.to_string()});
-                return Err(format!("event: error\nid: {stopped}\ndata: {data}\n\n"));
+                let id = self.resume_id(stopped);
+                return Err(format!("event: error\n{}data: {data}\n\n", id_line(id.as_deref())));
             }
         };
         if identity != check.identity {
@@ -483,16 +586,46 @@ impl Stream {
         }
         Ok(())
     }
+
+    /// Everything still queued, then `last`: the final text of an ending stream.
+    fn flush_then(&mut self, queue: &mut Queue, last: String) -> String {
+        let mut text = String::new();
+        while let Ok(item) = queue.try_recv() {
+            text.push_str(&self.render(item));
+        }
+        text.push_str(&last);
+        text
+    }
+
+    /// Frames one item, counting it and noting where the client now stands.
+    fn render(&mut self, item: Outgoing) -> String {
+        let metrics = &self.registration.metrics;
+        match &item {
+            Outgoing::Event(delivery) => {
+                self.tally.event(delivery.op);
+                if delivery.replayed {
+                    metrics.replayed(Transport::Sse, 1);
+                }
+                self.last_id = Some(delivery.payload.position.to_string());
+            }
+            Outgoing::Subscribed { position, .. } => {
+                self.live = true;
+                self.last_id = Some(position.to_string());
+            }
+            Outgoing::Gap { gap, position, .. } => {
+                metrics.gap(Transport::Sse, *gap);
+                self.last_id = Some(position.to_string());
+            }
+            Outgoing::Refused { refusal, .. } => metrics.refused(refusal.code),
+            Outgoing::Text(_) => {}
+        }
+        frame(item)
+    }
 }
 
-/// Everything still queued, then `last`: the final text of an ending stream.
-fn flush_then(queue: &mut Queue, last: String) -> String {
-    let mut text = String::new();
-    while let Ok(item) = queue.try_recv() {
-        text.push_str(&frame(item));
-    }
-    text.push_str(&last);
-    text
+/// The `id:` line for a resume position, or nothing (the browser keeps the id it had).
+fn id_line(id: Option<&str>) -> String {
+    id.map(|id| format!("id: {id}\n")).unwrap_or_default()
 }
 
 fn frame(item: Outgoing) -> String {

@@ -3,24 +3,30 @@
 //! frames and messages above `websocket.max_frame_bytes` (close 1009) as soon as their header
 //! announces them, closes a client whose next frame would take the frames in flight on all
 //! connections past `websocket.receive_buffer_bytes` (close 1013, see [`super::frame_guard`]),
-//! and closes a client whose send queue overflowed (close 1008) without anyone else noticing.
+//! closes a client whose send queue overflowed (close 1008) without anyone else noticing, and
+//! closes every client with 1001 (after what is queued for it) when the gateway shuts down.
+//! Each connection logs one line when it opens and one when it closes (why, and how long it
+//! lasted), and counts what it sent and why it ended in the gateway's metrics.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{dev, web, FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use super::frame_guard::{FrameGuard, FrameLimits, ReceiveBudget, Refusal, Verdict};
 use super::sleep_until;
-use crate::hub::{Outbox, Outgoing, Queue, QueueBudget};
-use crate::quota::{Gate, Kind, Permit};
+use crate::hub::{CloseCause, Outbox, Outgoing, Queue, QueueBudget};
+use crate::quota::{Gate, Permit};
+use crate::telemetry::metrics::Tally;
+use crate::telemetry::{Disconnect, Metrics, Transport};
 use crate::session::{Framer, ParseSession, SessionSettings};
 
 /// The `[websocket]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
     /// Ping interval; a peer that has not answered the previous ping is dropped.
@@ -56,7 +62,7 @@ pub async fn upgrade(
     body: web::Payload,
     settings: web::Data<WsSettings>,
 ) -> actix_web::Result<HttpResponse> {
-    let permit = match settings.gate.admit(super::peer_ip(&req, &settings.gate), Kind::WebSocket) {
+    let permit = match settings.gate.admit(super::peer_ip(&req, &settings.gate), Transport::WebSocket) {
         Ok(permit) => permit,
         Err(turned) => return Ok(super::turned_away(turned)),
     };
@@ -69,7 +75,8 @@ pub async fn upgrade(
         .max_frame_size(settings.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(settings.max_frame_bytes);
-    actix_web::rt::spawn(serve(socket, stream, verdict, settings.get_ref().clone(), permit));
+    let peer = super::peer_ip(&req, &settings.gate);
+    actix_web::rt::spawn(serve(socket, stream, verdict, settings.get_ref().clone(), peer, permit));
     Ok(response)
 }
 
@@ -86,51 +93,61 @@ async fn serve(
     mut stream: actix_ws::AggregatedMessageStream,
     verdict: Verdict,
     settings: WsSettings,
+    peer: IpAddr,
     _permit: Permit,
 ) {
+    let opened = Instant::now();
+    let metrics = settings.session.metrics.clone();
     let (outbox, mut queue) = Outbox::new(settings.send_queue.clone());
     let mut session = ParseSession::new(settings.session.clone(), outbox.clone());
+    let connection = session.connection();
+    tracing::info!(transport = "websocket", connection, %peer, "connection opened");
     let framer = session.framer();
+    let mut tally = Tally::default();
     let mut ping = interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
 
-    let close: Option<CloseReason> = loop {
-        let mut sender = Sender { socket: &mut socket, queue: &mut queue, framer: &framer, outbox: &outbox };
+    let stop: Stop = loop {
+        let mut sender =
+            Sender { socket: &mut socket, queue: &mut queue, framer: &framer, outbox: &outbox, tally: &mut tally, metrics: &metrics };
         tokio::select! {
             biased;
-            _ = outbox.closed() => break Some(too_slow()),
+            _ = outbox.closed() => break sender.closed().await,
             message = stream.recv() => {
-                if let Err(close) = received(message, &mut session, &mut sender, &verdict, &mut awaiting_pong).await {
-                    break close;
+                if let Err(stop) = received(message, &mut session, &mut sender, &verdict, &mut awaiting_pong).await {
+                    break stop;
                 }
             }
             item = sender.queue.recv() => {
-                let Some(item) = item else { break None };
-                if let Err(close) = sender.send(item).await {
-                    break close;
+                let Some(item) = item else { break Stop::client() };
+                if let Err(stop) = sender.send(item).await {
+                    break stop;
                 }
             }
             _ = sleep_until(session.next_check()) => {
-                if let Err(close) = sender.send_while(session.revalidate()).await {
-                    break close;
+                if let Err(stop) = sender.send_while(session.revalidate()).await {
+                    break stop;
                 }
             }
             _ = ping.tick() => {
                 if awaiting_pong {
-                    tracing::debug!("websocket peer missed a pong; dropping it");
-                    break None;
+                    break Stop { reason: Disconnect::PingTimeout, close: None };
                 }
                 awaiting_pong = true;
                 if socket.ping(b"").await.is_err() {
-                    break None;
+                    break Stop::client();
                 }
             }
         }
     };
+    tally.flush(&metrics, Transport::WebSocket);
+    metrics.disconnected(stop.reason);
+    let duration_ms = opened.elapsed().as_millis() as u64;
+    tracing::info!(transport = "websocket", connection, reason = stop.reason.as_str(), duration_ms, "connection closed");
     // Leave the hub before the (possibly slow) close handshake.
     drop(session);
-    let _ = socket.close(close).await;
+    let _ = socket.close(stop.close).await;
 }
 
 /// Handles one message from the client (or the end of its stream).
@@ -140,57 +157,109 @@ async fn received(
     sender: &mut Sender<'_>,
     verdict: &Verdict,
     awaiting_pong: &mut bool,
-) -> Result<(), Stopped> {
+) -> Result<(), Stop> {
     match message {
-        None | Some(Ok(AggregatedMessage::Close(_))) => Err(None),
+        None | Some(Ok(AggregatedMessage::Close(_))) => Err(Stop::client()),
         Some(Ok(AggregatedMessage::Text(text))) => sender.send_while(session.on_text(&text)).await,
         Some(Ok(AggregatedMessage::Binary(_))) => {
             session.on_binary();
             Ok(())
         }
-        Some(Ok(AggregatedMessage::Ping(bytes))) => sender.socket.pong(&bytes).await.map_err(|_| None),
+        Some(Ok(AggregatedMessage::Ping(bytes))) => sender.socket.pong(&bytes).await.map_err(|_| Stop::client()),
         Some(Ok(AggregatedMessage::Pong(_))) => {
             *awaiting_pong = false;
             Ok(())
         }
-        Some(Err(e)) => Err(Some(receive_error(e, verdict))),
+        Some(Err(e)) => Err(receive_error(e, verdict)),
     }
 }
 
-/// The sending side of a connection: the queue drained into the socket.
+/// The sending side of a connection: the queue drained into the socket, counted.
 struct Sender<'a> {
     socket: &'a mut actix_ws::Session,
     queue: &'a mut Queue,
     framer: &'a Framer,
     outbox: &'a Outbox,
+    tally: &'a mut Tally,
+    metrics: &'a Metrics,
 }
 
-/// Why sending stopped: the close to send, if any.
-type Stopped = Option<CloseReason>;
+/// Why a connection ends, and the close frame to send, if any.
+struct Stop {
+    reason: Disconnect,
+    close: Option<CloseReason>,
+}
+
+impl Stop {
+    /// The client closed or went away: nothing more to tell it.
+    fn client() -> Stop {
+        Stop { reason: Disconnect::Client, close: None }
+    }
+}
 
 impl Sender<'_> {
     /// Frames and writes one item; the socket's own buffer may be full too, so overflow of the
     /// queue is watched meanwhile.
-    async fn send(&mut self, item: Outgoing) -> Result<(), Stopped> {
+    async fn send(&mut self, item: Outgoing) -> Result<(), Stop> {
+        self.count(&item);
         let Some(text) = self.framer.frame(item) else { return Ok(()) };
-        tokio::select! {
-            sent = self.socket.text(text) => sent.map_err(|_| None),
-            _ = self.outbox.closed() => Err(Some(too_slow())),
+        self.tally.bytes(text.len());
+        let sent = tokio::select! {
+            sent = self.socket.text(text) => sent.map_err(|_| Stop::client()),
+            _ = self.outbox.closed() => Err(self.closed().await),
+        };
+        if self.queue.is_empty() {
+            self.tally.flush(self.metrics, Transport::WebSocket);
+        }
+        sent
+    }
+
+    fn count(&mut self, item: &Outgoing) {
+        match item {
+            Outgoing::Event(delivery) => {
+                self.tally.event(delivery.op);
+                if delivery.replayed {
+                    self.metrics.replayed(Transport::WebSocket, 1);
+                }
+            }
+            Outgoing::Gap { gap, .. } => self.metrics.gap(Transport::WebSocket, *gap),
+            Outgoing::Refused { refusal, .. } => self.metrics.refused(refusal.code),
+            Outgoing::Text(_) | Outgoing::Subscribed { .. } => {}
+        }
+    }
+
+    /// The outbox was closed: a shutdown (what is queued is still sent, then 1001) or a client
+    /// too slow for its queue (1008).
+    async fn closed(&mut self) -> Stop {
+        match self.outbox.cause() {
+            Some(CloseCause::Shutdown { .. }) => {
+                while let Ok(item) = self.queue.try_recv() {
+                    self.count(&item);
+                    let Some(text) = self.framer.frame(item) else { continue };
+                    self.tally.bytes(text.len());
+                    if self.socket.text(text).await.is_err() {
+                        return Stop::client();
+                    }
+                }
+                Stop { reason: Disconnect::Shutdown, close: Some(reason(CloseCode::Away, "server shutting down")) }
+            }
+            Some(CloseCause::Ended) => Stop::client(),
+            Some(CloseCause::TooSlow) | None => Stop { reason: Disconnect::SlowConsumer, close: Some(too_slow()) },
         }
     }
 
     /// Runs `work` (a frame's handling, a token re-check) while still sending what the queue
     /// holds: a slow token lookup never holds up the connection's events.
-    async fn send_while(&mut self, work: impl std::future::Future<Output = ()>) -> Result<(), Stopped> {
+    async fn send_while(&mut self, work: impl std::future::Future<Output = ()>) -> Result<(), Stop> {
         tokio::pin!(work);
         loop {
             tokio::select! {
                 biased;
                 () = &mut work => return Ok(()),
-                _ = self.outbox.closed() => return Err(Some(too_slow())),
+                _ = self.outbox.closed() => return Err(self.closed().await),
                 item = self.queue.recv() => match item {
                     Some(item) => self.send(item).await?,
-                    None => return Err(None),
+                    None => return Err(Stop::client()),
                 },
             }
         }
@@ -203,28 +272,26 @@ fn too_slow() -> CloseReason {
 
 /// The close a receive error earns. The guard's verdict comes first: its refusal reaches this
 /// loop only as an I/O error that actix-ws wrapped into its own.
-fn receive_error(error: ProtocolError, verdict: &Verdict) -> CloseReason {
+fn receive_error(error: ProtocolError, verdict: &Verdict) -> Stop {
+    let too_large = |description| Stop { reason: Disconnect::FrameTooLarge, close: Some(reason(CloseCode::Size, description)) };
     if let Some(refusal) = verdict.refusal() {
         tracing::debug!(%refusal, "websocket frame refused by its header");
-        return refused(refusal);
+        return match refusal {
+            Refusal::FrameTooLarge => too_large("frame too large"),
+            Refusal::MessageTooLarge => too_large("message too large"),
+            Refusal::ReceiveBufferFull => Stop {
+                reason: Disconnect::ReceiveBufferFull,
+                close: Some(reason(CloseCode::Again, "receive buffer full: try again later")),
+            },
+        };
     }
     match error {
-        ProtocolError::Overflow => reason(CloseCode::Size, "frame too large"),
-        ProtocolError::Io(e) if e.to_string().contains("continuation size") => {
-            reason(CloseCode::Size, "message too large")
-        }
+        ProtocolError::Overflow => too_large("frame too large"),
+        ProtocolError::Io(e) if e.to_string().contains("continuation size") => too_large("message too large"),
         e => {
             tracing::debug!(error = %e, "websocket protocol error");
-            reason(CloseCode::Protocol, "protocol error")
+            Stop { reason: Disconnect::ProtocolError, close: Some(reason(CloseCode::Protocol, "protocol error")) }
         }
-    }
-}
-
-fn refused(refusal: Refusal) -> CloseReason {
-    match refusal {
-        Refusal::FrameTooLarge => reason(CloseCode::Size, "frame too large"),
-        Refusal::MessageTooLarge => reason(CloseCode::Size, "message too large"),
-        Refusal::ReceiveBufferFull => reason(CloseCode::Again, "receive buffer full: try again later"),
     }
 }
 

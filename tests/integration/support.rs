@@ -56,7 +56,7 @@ impl TestApp {
 
     pub async fn spawn_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> TestApp {
         if std::env::var_os("RUST_LOG").is_some() {
-            livegate::telemetry::init();
+            livegate::telemetry::log::init(&Default::default());
         }
         let mut config = test_config(&db.url);
         configure(&mut config);
@@ -93,14 +93,8 @@ impl TestApp {
     }
 
     async fn get_json(&self, path: &str) -> (u16, Value) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await.unwrap();
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-        (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{path} body {body:?}: {e}")))
+        let (status, body) = get(self.port, path, &[]).await;
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} body {body:?}: {e}")))
     }
 
     /// Waits until the gateway has fanned out every change committed so far.
@@ -131,6 +125,20 @@ impl TestApp {
         }
         panic!("health never became ready: {}", self.health().await);
     }
+}
+
+/// `GET path` on `port` with extra header lines: the status and the body.
+pub async fn get(port: u16, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }
 
 impl TestApp {
