@@ -16,11 +16,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use livegate::telemetry::Transport;
 use livegate::auth::Identity;
 use livegate::hub::{Change, ChangeKind, Hub, Outbox, RowImage, Start, Subscription};
 use livegate::protocol::RequestId;
 use livegate::query::{Query, QueryLimits};
+use livegate::telemetry::Transport;
 use serde_json::{json, Map, Value};
 
 fn object(v: Value) -> Map<String, Value> {

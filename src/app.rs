@@ -22,8 +22,8 @@ use crate::http::cors;
 use crate::http::{self, Listeners, Status};
 use crate::hub::Hub;
 use crate::quota::Gate;
-use crate::telemetry::Metrics;
 use crate::session::SessionSettings;
+use crate::telemetry::Metrics;
 use crate::transport::frame_guard::ReceiveBudget;
 use crate::transport::sse::{self, SseSettings};
 use crate::transport::ws::WsSettings;
@@ -238,8 +238,43 @@ fn serve(
     sessions: SessionStore,
     status: Status,
 ) -> Result<Server, StartError> {
-    let Settings { server, websocket, sse, send_queue, keys, origins, jwt, rules, request_rate, metrics: metrics_config, .. } =
-        settings;
+    let (server, metrics_config, origins) =
+        (settings.server.clone(), settings.metrics.clone(), settings.origins.clone());
+    let (ws, sse) = transports(settings, catchup, sessions, &status);
+    let origins = Arc::new(origins);
+    let listeners = Listeners { metrics_enabled: metrics_config.enabled, metrics_port: bound.metrics_port };
+    let mut http = HttpServer::new(move || {
+        let origins = origins.clone();
+        App::new()
+            .wrap_fn(move |req, srv| cors::apply(&origins, req, srv))
+            .wrap_fn(move |req, srv| http::restrict(listeners, req, srv))
+            .app_data(web::Data::new(ws.clone()))
+            .app_data(web::Data::new(sse.clone()))
+            .app_data(web::Data::new(status.clone()))
+            .configure(http::routes)
+    })
+    .on_connect(sse::remember_socket)
+    .shutdown_timeout(server.shutdown_timeout_ms.div_ceil(1000))
+    .disable_signals();
+    if server.workers > 0 {
+        http = http.workers(server.workers);
+    }
+    let address = server.listen;
+    http = http.listen(bound.main).map_err(|source| listen_error("serve on", address, source))?;
+    if let (Some(listener), Some(address)) = (bound.metrics, metrics_config.listen) {
+        http = http.listen(listener).map_err(|source| listen_error("serve on", address, source))?;
+    }
+    Ok(http.run())
+}
+
+/// What each transport's connections share: one subscribe pipeline, the quotas, the metrics.
+fn transports(
+    settings: Settings,
+    catchup: Arc<Catchup>,
+    sessions: SessionStore,
+    status: &Status,
+) -> (WsSettings, SseSettings) {
+    let Settings { websocket, sse, send_queue, keys, jwt, rules, request_rate, .. } = settings;
     let (hub, gate, metrics) = (status.hub.clone(), status.gate.clone(), status.metrics.clone());
     let tokens = Arc::new(Authenticator::new(jwt, sessions, metrics.clone()));
     let limits = AdmissionLimits {
@@ -271,30 +306,7 @@ fn serve(
         send_queue,
         gate,
     };
-    let origins = Arc::new(origins);
-    let listeners = Listeners { metrics_enabled: metrics_config.enabled, metrics_port: bound.metrics_port };
-    let mut http = HttpServer::new(move || {
-        let origins = origins.clone();
-        App::new()
-            .wrap_fn(move |req, srv| cors::apply(&origins, req, srv))
-            .wrap_fn(move |req, srv| http::restrict(listeners, req, srv))
-            .app_data(web::Data::new(ws.clone()))
-            .app_data(web::Data::new(sse.clone()))
-            .app_data(web::Data::new(status.clone()))
-            .configure(http::routes)
-    })
-    .on_connect(sse::remember_socket)
-    .shutdown_timeout(server.shutdown_timeout_ms.div_ceil(1000))
-    .disable_signals();
-    if server.workers > 0 {
-        http = http.workers(server.workers);
-    }
-    let address = server.listen;
-    http = http.listen(bound.main).map_err(|source| listen_error("serve on", address, source))?;
-    if let (Some(listener), Some(address)) = (bound.metrics, metrics_config.listen) {
-        http = http.listen(listener).map_err(|source| listen_error("serve on", address, source))?;
-    }
-    Ok(http.run())
+    (ws, sse)
 }
 
 /// Opens the configured database (creating it when `database.create_if_missing` allows), for

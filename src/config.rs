@@ -20,14 +20,14 @@ use crate::auth::sessions::SessionConfig;
 use crate::database::DatabaseConfig;
 use crate::feed::{FeedConfig, HistoryConfig};
 use crate::http::cors::{BrowserConfig, OriginPolicy};
+use crate::http::MetricsConfig;
 use crate::hub::{HubLimits, QueueBudget, TotalBudget};
 use crate::protocol::KeyPairs;
 use crate::query::QueryLimits;
 use crate::quota::ConnectionLimits;
+use crate::telemetry::log::LogConfig;
 use crate::transport::sse::SseConfig;
 use crate::transport::ws::WebSocketConfig;
-use crate::http::MetricsConfig;
-use crate::telemetry::log::LogConfig;
 
 /// Keys whose values are secrets, wherever they appear: masked by [`Config::masked`].
 const SECRET_KEYS: &[&str] =
@@ -356,6 +356,35 @@ impl Config {
         toml::to_string(&value).map_err(|e| ConfigError(format!("cannot print the configuration: {e}")))
     }
 
+    /// The `[server]` shutdown and readiness keys, `[metrics]` and `[log]`.
+    fn check_operations(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("server.ready_max_lag_ms", self.server.ready_max_lag_ms),
+            ("server.shutdown_timeout_ms", self.server.shutdown_timeout_ms),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::invalid(format!("{key} must be greater than 0")));
+        }
+        if self.log.directive().is_none() {
+            return Err(ConfigError::invalid(format!(
+                "log.level {:?} is not a level (error, warn, info, debug, trace, off, or Parse's VERBOSE, SILLY, NONE)",
+                self.log.level
+            )));
+        }
+        if self.server.drain_delay_ms >= self.server.shutdown_timeout_ms {
+            return Err(ConfigError::invalid("server.drain_delay_ms must be below server.shutdown_timeout_ms"));
+        }
+        if self.metrics.listen.is_some_and(|address| address == self.server.listen && address.port() != 0) {
+            return Err(ConfigError::invalid(
+                "metrics.listen must differ from server.listen (leave it out to serve /metrics there)",
+            ));
+        }
+        if self.metrics.token.as_deref() == Some("") {
+            return Err(ConfigError::invalid("metrics.token is empty; leave it out to serve /metrics without one"));
+        }
+        Ok(())
+    }
+
     fn check_values(&self) -> Result<(), ConfigError> {
         let positive = [
             ("feed.poll_interval_ms", self.feed.poll_interval_ms),
@@ -394,28 +423,7 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::invalid(format!("{key} must be greater than 0")));
         }
-        if self.log.directive().is_none() {
-            return Err(ConfigError::invalid(format!(
-                "log.level {:?} is not a level (error, warn, info, debug, trace, off, or Parse's VERBOSE, SILLY, NONE)",
-                self.log.level
-            )));
-        }
-        if self.server.drain_delay_ms >= self.server.shutdown_timeout_ms {
-            return Err(ConfigError::invalid("server.drain_delay_ms must be below server.shutdown_timeout_ms"));
-        }
-        if self.metrics.listen.is_some_and(|address| address == self.server.listen && address.port() != 0) {
-            return Err(ConfigError::invalid("metrics.listen must differ from server.listen (leave it out to serve /metrics there)"));
-        }
-        if self.metrics.token.as_deref() == Some("") {
-            return Err(ConfigError::invalid("metrics.token is empty; leave it out to serve /metrics without one"));
-        }
-        let positive = [
-            ("server.ready_max_lag_ms", self.server.ready_max_lag_ms),
-            ("server.shutdown_timeout_ms", self.server.shutdown_timeout_ms),
-        ];
-        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(ConfigError::invalid(format!("{key} must be greater than 0")));
-        }
+        self.check_operations()?;
         if self.websocket.receive_buffer_bytes < self.websocket.max_frame_bytes {
             return Err(ConfigError::invalid(
                 "websocket.receive_buffer_bytes is below websocket.max_frame_bytes: the largest frames could never be received",

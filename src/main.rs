@@ -11,7 +11,11 @@ use livegate::config::Config;
 use livegate::telemetry;
 
 #[derive(Debug, Parser)]
-#[command(name = "livegate", version, about = "Realtime gateway for PostgreSQL: Parse LiveQuery over WebSocket, and SSE")]
+#[command(
+    name = "livegate",
+    version,
+    about = "Realtime gateway for PostgreSQL: Parse LiveQuery over WebSocket, and SSE"
+)]
 struct Cli {
     /// Configuration file. Without it (or LIVEGATE_CONFIG), ./config.toml is read when present,
     /// and the defaults apply otherwise.

@@ -253,7 +253,8 @@ impl Outbox {
     pub fn close_because(&self, cause: CloseCause) {
         let _ = self.closer.cause.set(cause);
         if !self.closer.closed.swap(true, Ordering::AcqRel) {
-            self.closer.notify.notify_one();
+            // Every waiter: a stream and its watch may both be waiting.
+            self.closer.notify.notify_waiters();
         }
     }
 
@@ -268,10 +269,14 @@ impl Outbox {
 
     /// Resolves once the outbox has been closed (immediately if it already is).
     pub async fn closed(&self) {
+        let notified = self.closer.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a close in between still wakes this waiter.
+        notified.as_mut().enable();
         if self.is_closed() {
             return;
         }
-        self.closer.notify.notified().await;
+        notified.await;
     }
 }
 

@@ -15,7 +15,7 @@ use prometheus::{
 };
 
 use crate::position::Gap;
-use crate::protocol::EventOp;
+use crate::protocol::{code, EventOp};
 
 /// Which transport a connection came over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -260,6 +260,20 @@ fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     }
 }
 
+/// `livegate_publish_seconds`: from half a millisecond to ten seconds.
+fn publish_histogram(registry: &Registry) -> Histogram {
+    let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    let publish = HistogramOpts::new(
+        "livegate_publish_seconds",
+        "From a change's capture in PostgreSQL to its events queued for every recipient.",
+    )
+    .buckets(buckets);
+    match Histogram::with_opts(publish) {
+        Ok(histogram) => register(registry, histogram),
+        Err(e) => panic!("invalid metric livegate_publish_seconds: {e}"),
+    }
+}
+
 /// One counter per transport of `vec`, labelled `transport` (and nothing else).
 fn per_transport(vec: &IntCounterVec) -> [IntCounter; 2] {
     Transport::ALL.map(|t| vec.with_label_values(&[t.as_str()]))
@@ -270,7 +284,8 @@ impl Metrics {
         let registry = Registry::new();
         let r = &registry;
         let events = counter_vec(r, "livegate_events_sent_total", "Data events sent to clients.", &["transport", "op"]);
-        let events_sent = Transport::ALL.map(|t| EVENT_OPS.map(|op| events.with_label_values(&[t.as_str(), op.as_str()])));
+        let events_sent =
+            Transport::ALL.map(|t| EVENT_OPS.map(|op| events.with_label_values(&[t.as_str(), op.as_str()])));
         let bytes = counter_vec(r, "livegate_bytes_sent_total", "Bytes of frames sent to clients.", &["transport"]);
         let disconnects = counter_vec(r, "livegate_disconnects_total", "Connections ended, by why.", &["reason"]);
         let disconnects = Disconnect::ALL.map(|d| disconnects.with_label_values(&[d.as_str()]));
@@ -280,7 +295,15 @@ impl Metrics {
             "Subscriptions refused, by Parse error code.",
             &["code"],
         );
-        let replays = counter_vec(r, "livegate_replays_total", "Subscriptions resumed from a position.", &["transport"]);
+        // The codes a subscription can be refused with are shown from the start, at 0.
+        for code in [code::SCHEMA, code::NEEDS_AUTHENTICATION, code::INVALID_QUERY, code::FORBIDDEN]
+            .into_iter()
+            .chain([code::LIMIT_EXCEEDED, code::INVALID_SESSION_TOKEN])
+        {
+            subscribe_refusals.with_label_values(&[&code.to_string()]);
+        }
+        let replays =
+            counter_vec(r, "livegate_replays_total", "Subscriptions resumed from a position.", &["transport"]);
         let replayed = counter_vec(
             r,
             "livegate_replayed_changes_total",
@@ -294,18 +317,11 @@ impl Metrics {
             &["transport", "reason"],
         );
         let gaps = Transport::ALL.map(|t| GAPS.map(|g| gaps.with_label_values(&[t.as_str(), g.as_str()])));
-        let tokens = counter_vec(r, "livegate_token_checks_total", "Tokens checked, by kind and result.", &["kind", "result"]);
-        let token_checks = TOKEN_KINDS.map(|(_, kind)| TOKEN_OUTCOMES.map(|(_, result)| tokens.with_label_values(&[kind, result])));
-        let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-        let publish = HistogramOpts::new(
-            "livegate_publish_seconds",
-            "From a change's capture in PostgreSQL to its events queued for every recipient.",
-        )
-        .buckets(buckets);
-        let publish_seconds = match Histogram::with_opts(publish) {
-            Ok(histogram) => register(r, histogram),
-            Err(e) => panic!("invalid metric livegate_publish_seconds: {e}"),
-        };
+        let tokens =
+            counter_vec(r, "livegate_token_checks_total", "Tokens checked, by kind and result.", &["kind", "result"]);
+        let token_checks =
+            TOKEN_KINDS.map(|(_, kind)| TOKEN_OUTCOMES.map(|(_, result)| tokens.with_label_values(&[kind, result])));
+        let publish_seconds = publish_histogram(r);
         let gauges = Gauges::new(r);
         Metrics {
             events_sent,

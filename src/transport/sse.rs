@@ -23,8 +23,8 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -263,7 +263,12 @@ fn request_id() -> RequestId {
     RequestId::from(1)
 }
 
-fn stream(admitted: Admitted, settings: SseSettings, peer: Peer, socket: Option<tokio::net::TcpStream>) -> HttpResponse {
+fn stream(
+    admitted: Admitted,
+    settings: SseSettings,
+    peer: Peer,
+    socket: Option<tokio::net::TcpStream>,
+) -> HttpResponse {
     let Admitted { subscription, since, token } = admitted;
     let identity = subscription.identity.clone();
     let admission = settings.admission.clone();

@@ -21,9 +21,9 @@ use super::frame_guard::{FrameGuard, FrameLimits, ReceiveBudget, Refusal, Verdic
 use super::sleep_until;
 use crate::hub::{CloseCause, Outbox, Outgoing, Queue, QueueBudget};
 use crate::quota::{Gate, Permit};
+use crate::session::{Framer, ParseSession, SessionSettings};
 use crate::telemetry::metrics::Tally;
 use crate::telemetry::{Disconnect, Metrics, Transport};
-use crate::session::{Framer, ParseSession, SessionSettings};
 
 /// The `[websocket]` section.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -109,8 +109,14 @@ async fn serve(
     let mut awaiting_pong = false;
 
     let stop: Stop = loop {
-        let mut sender =
-            Sender { socket: &mut socket, queue: &mut queue, framer: &framer, outbox: &outbox, tally: &mut tally, metrics: &metrics };
+        let mut sender = Sender {
+            socket: &mut socket,
+            queue: &mut queue,
+            framer: &framer,
+            outbox: &outbox,
+            tally: &mut tally,
+            metrics: &metrics,
+        };
         tokio::select! {
             biased;
             _ = outbox.closed() => break sender.closed().await,
@@ -131,10 +137,9 @@ async fn serve(
                 }
             }
             _ = ping.tick() => {
-                if awaiting_pong {
-                    break Stop { reason: Disconnect::PingTimeout, close: None };
+                if let Some(stop) = pinged(&mut awaiting_pong) {
+                    break stop;
                 }
-                awaiting_pong = true;
                 if socket.ping(b"").await.is_err() {
                     break Stop::client();
                 }
@@ -144,10 +149,25 @@ async fn serve(
     tally.flush(&metrics, Transport::WebSocket);
     metrics.disconnected(stop.reason);
     let duration_ms = opened.elapsed().as_millis() as u64;
-    tracing::info!(transport = "websocket", connection, reason = stop.reason.as_str(), duration_ms, "connection closed");
+    tracing::info!(
+        transport = "websocket",
+        connection,
+        reason = stop.reason.as_str(),
+        duration_ms,
+        "connection closed"
+    );
     // Leave the hub before the (possibly slow) close handshake.
     drop(session);
     let _ = socket.close(stop.close).await;
+}
+
+/// At a ping tick: the stop when the previous ping went unanswered, else a ping is now due.
+fn pinged(awaiting_pong: &mut bool) -> Option<Stop> {
+    if *awaiting_pong {
+        return Some(Stop { reason: Disconnect::PingTimeout, close: None });
+    }
+    *awaiting_pong = true;
+    None
 }
 
 /// Handles one message from the client (or the end of its stream).
@@ -273,7 +293,8 @@ fn too_slow() -> CloseReason {
 /// The close a receive error earns. The guard's verdict comes first: its refusal reaches this
 /// loop only as an I/O error that actix-ws wrapped into its own.
 fn receive_error(error: ProtocolError, verdict: &Verdict) -> Stop {
-    let too_large = |description| Stop { reason: Disconnect::FrameTooLarge, close: Some(reason(CloseCode::Size, description)) };
+    let too_large =
+        |description| Stop { reason: Disconnect::FrameTooLarge, close: Some(reason(CloseCode::Size, description)) };
     if let Some(refusal) = verdict.refusal() {
         tracing::debug!(%refusal, "websocket frame refused by its header");
         return match refusal {
@@ -288,6 +309,11 @@ fn receive_error(error: ProtocolError, verdict: &Verdict) -> Stop {
     match error {
         ProtocolError::Overflow => too_large("frame too large"),
         ProtocolError::Io(e) if e.to_string().contains("continuation size") => too_large("message too large"),
+        // The connection itself failed or ended mid-frame: the client went away.
+        ProtocolError::Io(e) => {
+            tracing::debug!(error = %e, "websocket connection ended");
+            Stop::client()
+        }
         e => {
             tracing::debug!(error = %e, "websocket protocol error");
             Stop { reason: Disconnect::ProtocolError, close: Some(reason(CloseCode::Protocol, "protocol error")) }

@@ -11,6 +11,7 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use sqlx::PgPool;
 
+use crate::support::metrics::Scrape;
 use crate::support::{server_url, Proxy, TestApp, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,14 +276,21 @@ async fn ready_answers_503_while_the_database_is_lost() {
         }
         panic!("/ready never answered {want}: {:?}", app.ready().await);
     };
-    assert_eq!(until(200).await, json!({"status": "ready", "database": true, "listener": true}));
+    let ready =
+        json!({"status": "ready", "reason": null, "database": true, "listener": true, "draining": false, "lagMs": 0});
+    assert_eq!(until(200).await, ready);
+    let reconnects = |scrape: &Scrape| scrape.value("livegate_database_reconnects_total", &[]);
+    assert_eq!(reconnects(&Scrape::of(app.port, &[]).await), 0.0);
     proxy.cut();
     let down = until(503).await;
     assert_eq!(down["status"], "unavailable");
     assert!(down["database"] == false || down["listener"] == false, "{down}");
+    let reason = down["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("database") || reason.contains("listener"), "{down}");
     assert_eq!(app.health().await["status"], "ok", "the process itself still answers");
     proxy.restore();
     assert_eq!(until(200).await["status"], "ready");
+    assert_eq!(reconnects(&Scrape::of(app.port, &[]).await), 1.0, "the listener reconnected once");
 }
 
 /// Restarts the real PostgreSQL cluster while writers insert and a client listens. Every other

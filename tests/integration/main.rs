@@ -10,6 +10,7 @@ mod feed;
 mod frames;
 mod identity;
 mod limits;
+mod operations;
 mod parse_sdk;
 mod queries;
 mod resume;

@@ -1,6 +1,8 @@
 //! Test harness: a fresh database per test, the real app on port 0, real WebSocket clients.
 
 mod database;
+pub mod metrics;
+pub mod process;
 pub mod sse;
 
 pub use database::{server_url, TestDb};

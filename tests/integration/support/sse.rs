@@ -230,43 +230,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The gateway binary as a child process, configured through the environment.
-pub struct GatewayProcess {
-    child: tokio::process::Child,
-}
-
-impl GatewayProcess {
-    /// Starts `livegate` on `port` against `database_url`, watching `messages`, and waits until
-    /// `/health` answers.
-    pub async fn start(database_url: &str, port: u16) -> GatewayProcess {
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_livegate"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("DATABASE_URL", database_url)
-            .env("LIVEGATE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("LIVEGATE_SERVER__WORKERS", "1")
-            .env("LIVEGATE_FEED__TABLES", "[\"messages\"]")
-            .env("LIVEGATE_FEED__POLL_INTERVAL_MS", "200")
-            .env("LIVEGATE_CONFIG", "/dev/null")
-            .kill_on_drop(true)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start the gateway binary");
-        let gateway = GatewayProcess { child };
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return gateway;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the gateway did not start listening on {port}");
-    }
-
-    /// SIGKILL: no goodbye to anyone.
-    pub async fn kill(mut self) {
-        self.child.kill().await.expect("kill the gateway");
-    }
-}
+pub use super::process::GatewayProcess;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
