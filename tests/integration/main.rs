@@ -8,6 +8,7 @@ mod browser;
 mod browser_rules;
 mod feed;
 mod frames;
+mod gateways;
 mod identity;
 mod limits;
 mod operations;
