@@ -498,6 +498,44 @@ mod tests {
     }
 
     #[test]
+    fn the_printed_config_masks_every_secret() {
+        let table: toml::Table = r#"
+            [database]
+            url = "postgres://me:hunter2@db:5432/app?password=again&sslmode=require"
+            [keys]
+            master_key = "mk"
+            client_key = "ck"
+            [metrics]
+            token = "tk"
+            [[jwt.keys]]
+            secret = "0123456789abcdef0123456789abcdef"
+        "#
+        .parse()
+        .unwrap();
+        let printed = Config::from_table(table, env(&[])).unwrap().masked().unwrap();
+        for secret in ["hunter2", "again", "\"mk\"", "\"ck\"", "\"tk\"", "0123456789"] {
+            assert!(!printed.contains(secret), "{secret} is shown:\n{printed}");
+        }
+        assert!(printed.contains("postgres://me:****@db:5432/app?password=****&sslmode=require"), "{printed}");
+        let reparsed = Config::from_table(printed.parse().unwrap(), env(&[])).unwrap();
+        assert_eq!(reparsed.keys.master_key.as_deref(), Some("****"), "the output is a config file");
+        assert_eq!(mask_password("postgres://postgres@h/db"), "postgres://postgres@h/db");
+    }
+
+    #[test]
+    fn shutdown_and_logging_keys_are_checked() {
+        let table = |text: &str| -> toml::Table { text.parse().unwrap() };
+        assert!(invalid(table("[server]\ndrain_delay_ms = 10000\nshutdown_timeout_ms = 5000"), &[])
+            .contains("server.drain_delay_ms must be below server.shutdown_timeout_ms"));
+        assert!(invalid(table("[log]\nlevel = \"chatty\""), &[]).contains("log.level \"chatty\" is not a level"));
+        assert!(invalid(table("[metrics]\ntoken = \"\""), &[]).contains("metrics.token is empty"));
+        let same = "[server]\nlisten = \"127.0.0.1:9000\"\n[metrics]\nlisten = \"127.0.0.1:9000\"";
+        assert!(invalid(table(same), &[]).contains("metrics.listen must differ from server.listen"));
+        let json = Config::from_table(table("[log]\nformat = \"json\"\nlevel = \"VERBOSE\""), env(&[])).unwrap();
+        assert!(json.validate().is_ok());
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let config = Config::from_table(toml::Table::new(), env(&[])).unwrap();
         assert_eq!(config.websocket.timeout_ms, 10_000);

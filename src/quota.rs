@@ -264,6 +264,18 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_gate_admits_nothing() {
+        let gate = gate(2, 3, 1, 1_000);
+        let open = gate.admit(ip(1), Transport::WebSocket).unwrap();
+        gate.drain();
+        assert!(gate.draining());
+        assert_eq!(gate.admit(ip(2), Transport::Sse).unwrap_err(), Turned::Draining);
+        assert_eq!((Turned::Draining.status(), gate.open()), (503, 1), "what is open stays open");
+        assert!(Turned::Draining.message().contains("shutting down"));
+        drop(open);
+    }
+
+    #[test]
     fn attempts_are_rate_limited_per_ip() {
         let gate = gate(100, 100, 100, 3);
         for _ in 0..3 {

@@ -115,6 +115,23 @@ where
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::Listeners;
+
+    #[test]
+    fn a_separate_metrics_listener_serves_metrics_and_probes_only() {
+        let apart = Listeners { metrics_enabled: true, metrics_port: Some(9100) };
+        assert!(apart.serves(9100, "/metrics") && apart.serves(9100, "/ready") && apart.serves(9100, "/health"));
+        assert!(!apart.serves(9100, "/events/messages") && !apart.serves(9100, "/"));
+        assert!(!apart.serves(8080, "/metrics") && apart.serves(8080, "/events/messages"));
+        let together = Listeners { metrics_enabled: true, metrics_port: None };
+        assert!(together.serves(8080, "/metrics") && together.serves(8080, "/"));
+        let off = Listeners { metrics_enabled: false, metrics_port: None };
+        assert!(!off.serves(8080, "/metrics") && off.serves(8080, "/health"));
+    }
+}
+
 /// Liveness: the process serves HTTP. Always 200, with what it holds.
 async fn health(state: web::Data<Status>) -> HttpResponse {
     let stats = state.hub.stats();

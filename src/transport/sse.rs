@@ -619,6 +619,8 @@ impl Stream {
             }
             Outgoing::Gap { gap, position, .. } => {
                 metrics.gap(Transport::Sse, *gap);
+                let connection = self.registration.connection;
+                tracing::info!(transport = "sse", connection, reason = gap.as_str(), "gap announced");
                 self.last_id = Some(position.to_string());
             }
             Outgoing::Refused { refusal, .. } => metrics.refused(refusal.code),

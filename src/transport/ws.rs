@@ -242,7 +242,10 @@ impl Sender<'_> {
                     self.metrics.replayed(Transport::WebSocket, 1);
                 }
             }
-            Outgoing::Gap { gap, .. } => self.metrics.gap(Transport::WebSocket, *gap),
+            Outgoing::Gap { gap, request_id, .. } => {
+                self.metrics.gap(Transport::WebSocket, *gap);
+                tracing::info!(transport = "websocket", %request_id, reason = gap.as_str(), "gap announced");
+            }
             Outgoing::Refused { refusal, .. } => self.metrics.refused(refusal.code),
             Outgoing::Text(_) | Outgoing::Subscribed { .. } => {}
         }
