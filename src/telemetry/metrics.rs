@@ -260,6 +260,18 @@ fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     }
 }
 
+/// `livegate_subscribe_refusals_total`, with the codes a subscription can be refused with shown
+/// from the start, at 0.
+fn refusals(registry: &Registry) -> IntCounterVec {
+    let help = "Subscriptions refused, by Parse error code.";
+    let refusals = counter_vec(registry, "livegate_subscribe_refusals_total", help, &["code"]);
+    let codes = [code::SCHEMA, code::NEEDS_AUTHENTICATION, code::INVALID_QUERY, code::FORBIDDEN];
+    for code in codes.into_iter().chain([code::LIMIT_EXCEEDED, code::INVALID_SESSION_TOKEN]) {
+        refusals.with_label_values(&[&code.to_string()]);
+    }
+    refusals
+}
+
 /// `livegate_publish_seconds`: from half a millisecond to ten seconds.
 fn publish_histogram(registry: &Registry) -> Histogram {
     let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -289,19 +301,7 @@ impl Metrics {
         let bytes = counter_vec(r, "livegate_bytes_sent_total", "Bytes of frames sent to clients.", &["transport"]);
         let disconnects = counter_vec(r, "livegate_disconnects_total", "Connections ended, by why.", &["reason"]);
         let disconnects = Disconnect::ALL.map(|d| disconnects.with_label_values(&[d.as_str()]));
-        let subscribe_refusals = counter_vec(
-            r,
-            "livegate_subscribe_refusals_total",
-            "Subscriptions refused, by Parse error code.",
-            &["code"],
-        );
-        // The codes a subscription can be refused with are shown from the start, at 0.
-        for code in [code::SCHEMA, code::NEEDS_AUTHENTICATION, code::INVALID_QUERY, code::FORBIDDEN]
-            .into_iter()
-            .chain([code::LIMIT_EXCEEDED, code::INVALID_SESSION_TOKEN])
-        {
-            subscribe_refusals.with_label_values(&[&code.to_string()]);
-        }
+        let subscribe_refusals = refusals(r);
         let replays =
             counter_vec(r, "livegate_replays_total", "Subscriptions resumed from a position.", &["transport"]);
         let replayed = counter_vec(

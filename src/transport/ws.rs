@@ -19,7 +19,7 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use super::frame_guard::{FrameGuard, FrameLimits, ReceiveBudget, Refusal, Verdict};
 use super::sleep_until;
-use crate::hub::{CloseCause, Outbox, Outgoing, Queue, QueueBudget};
+use crate::hub::{CloseCause, ConnectionId, Outbox, Outgoing, Queue, QueueBudget};
 use crate::quota::{Gate, Permit};
 use crate::session::{Framer, ParseSession, SessionSettings};
 use crate::telemetry::metrics::Tally;
@@ -88,6 +88,8 @@ async fn guarded(req: &HttpRequest, guard: FrameGuard<web::Payload>) -> actix_we
 }
 
 /// One connection's life; `_permit` holds its place in the connection quotas until it ends.
+// long: one select over the socket, the queue, token checks and pings, with its setup and
+// teardown; each arm needs most of the connection's state, so splitting only moves it around.
 async fn serve(
     mut socket: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
@@ -104,8 +106,7 @@ async fn serve(
     tracing::info!(transport = "websocket", connection, %peer, "connection opened");
     let framer = session.framer();
     let mut tally = Tally::default();
-    let mut ping = interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ping = pinger(settings.ping_interval);
     let mut awaiting_pong = false;
 
     let stop: Stop = loop {
@@ -147,18 +148,24 @@ async fn serve(
         }
     };
     tally.flush(&metrics, Transport::WebSocket);
-    metrics.disconnected(stop.reason);
-    let duration_ms = opened.elapsed().as_millis() as u64;
-    tracing::info!(
-        transport = "websocket",
-        connection,
-        reason = stop.reason.as_str(),
-        duration_ms,
-        "connection closed"
-    );
+    ended(&metrics, connection, opened, stop.reason);
     // Leave the hub before the (possibly slow) close handshake.
     drop(session);
     let _ = socket.close(stop.close).await;
+}
+
+fn pinger(every: Duration) -> tokio::time::Interval {
+    let mut ping = interval_at(Instant::now() + every, every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ping
+}
+
+/// Counts and logs the end of a connection.
+fn ended(metrics: &Metrics, connection: ConnectionId, opened: Instant, reason: Disconnect) {
+    metrics.disconnected(reason);
+    let duration_ms = opened.elapsed().as_millis() as u64;
+    let reason = reason.as_str();
+    tracing::info!(transport = "websocket", connection, reason, duration_ms, "connection closed");
 }
 
 /// At a ping tick: the stop when the previous ping went unanswered, else a ping is now due.
