@@ -35,7 +35,10 @@ pub struct HistoryBatch {
     /// Changes at or below the floor are gone.
     pub floor: i64,
     /// In position order, at most one batch.
-    pub changes: Vec<Change>,
+    pub changes: Vec<Arc<Change>>,
+    /// How far the read reached: every change of the class in `(after, reached]` is in
+    /// `changes` (the last one's position when the batch is full, else the `upto` asked for).
+    pub reached: i64,
 }
 
 pub type HistoryError = Box<dyn std::error::Error + Send + Sync>;
@@ -59,7 +62,7 @@ pub struct Resume {
 
 pub struct Catchup {
     hub: Arc<Hub>,
-    history: Arc<dyn HistorySource>,
+    history: SharedReads,
     /// Most changes one resume replays (`limits.replay_changes`); further behind is a gap.
     max_replay: u64,
 }
@@ -82,7 +85,7 @@ enum Replayed {
 
 impl Catchup {
     pub fn new(hub: Arc<Hub>, history: Arc<dyn HistorySource>, max_replay: u64) -> Catchup {
-        Catchup { hub, history, max_replay }
+        Catchup { hub, history: SharedReads::new(history), max_replay }
     }
 
     /// Reserves the requestId and starts replaying. The caller may abort the task; the hub's
@@ -169,18 +172,16 @@ impl Catchup {
     async fn replay_upto(&self, resume: &Resume, cursor: &mut i64, upto: i64) -> Result<(), Replayed> {
         let Resume { request_id, subscription, since, outbox, .. } = resume;
         while *cursor < upto {
-            let batch = self.read(*cursor, upto, &subscription.class, outbox).await.ok_or(Replayed::Gone)?;
+            let class = &subscription.class;
+            let batch = self.read(*cursor, upto, class, since.epoch, outbox).await.ok_or(Replayed::Gone)?;
             if batch.epoch != since.epoch {
                 return Err(Replayed::Gap(Gap::Reset));
             }
             if batch.floor > *cursor {
                 return Err(Replayed::Gap(Gap::Expired));
             }
-            let Some(last) = batch.changes.last().map(|c| c.pos) else {
-                // Nothing after the cursor was pruned (checked above), so nothing is there.
-                *cursor = upto;
-                break;
-            };
+            // Nothing after the cursor was pruned (checked above), so `changes` is all there is
+            // up to where the read reached.
             for change in &batch.changes {
                 if let Some(delivery) = hub::replay(subscription, request_id, change, since.epoch) {
                     if !outbox.send(Outgoing::Event(delivery)).await {
@@ -188,15 +189,15 @@ impl Catchup {
                     }
                 }
             }
-            *cursor = last;
+            *cursor = batch.reached;
         }
         Ok(())
     }
 
     /// One batch of history, retried until it is read; `None` when the client left meanwhile.
-    async fn read(&self, after: i64, upto: i64, class: &str, outbox: &Outbox) -> Option<HistoryBatch> {
+    async fn read(&self, after: i64, upto: i64, class: &str, epoch: Uuid, outbox: &Outbox) -> Option<HistoryBatch> {
         loop {
-            match self.history.read(after, upto, class).await {
+            match self.history.read(after, upto, class, epoch).await {
                 Ok(batch) => return Some(batch),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading history for a resuming client failed; retrying");
@@ -216,6 +217,10 @@ fn refuse(outbox: &Outbox, request_id: RequestId, error: &SubscribeError) {
         outbox.push(Outgoing::Refused { request_id, refusal });
     }
 }
+
+mod shared;
+
+pub use shared::SharedReads;
 
 #[cfg(test)]
 mod tests;

@@ -56,13 +56,15 @@ impl HistorySource for Changes {
                 gate.notified().await;
             }
             let changes = self.changes.lock().unwrap();
-            let batch = changes
+            let batch: Vec<Arc<Change>> = changes
                 .iter()
                 .filter(|c| c.pos > after && c.pos <= upto && &*c.class == class)
                 .take(BATCH)
                 .cloned()
+                .map(Arc::new)
                 .collect();
-            Ok(HistoryBatch { epoch: self.epoch, floor: *self.floor.lock().unwrap(), changes: batch })
+            let reached = if batch.len() == BATCH { batch[BATCH - 1].pos } else { upto };
+            Ok(HistoryBatch { epoch: self.epoch, floor: *self.floor.lock().unwrap(), changes: batch, reached })
         })
     }
 }

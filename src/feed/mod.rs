@@ -562,10 +562,15 @@ impl History {
         let mut changes = Vec::with_capacity(rows.len());
         for row in &rows {
             if row.try_get::<Option<i64>, _>("pos")?.is_some() {
-                changes.push(catalog.change(&self.pool, row).await?);
+                changes.push(Arc::new(catalog.change(&self.pool, row).await?));
             }
         }
-        Ok(HistoryBatch { epoch: stream.epoch, floor: stream.floor, changes })
+        let full = changes.len() >= self.batch_size as usize;
+        let reached = match changes.last() {
+            Some(last) if full => last.pos,
+            _ => upto,
+        };
+        Ok(HistoryBatch { epoch: stream.epoch, floor: stream.floor, changes, reached })
     }
 }
 

@@ -48,11 +48,11 @@ impl HistorySource for QuietHistory {
     fn read<'a>(
         &'a self,
         _after: i64,
-        _upto: i64,
+        upto: i64,
         _class: &'a str,
     ) -> BoxFuture<'a, Result<HistoryBatch, HistoryError>> {
         let epoch = self.0.position().epoch;
-        Box::pin(async move { Ok(HistoryBatch { epoch, floor: 0, changes: Vec::new() }) })
+        Box::pin(async move { Ok(HistoryBatch { epoch, floor: 0, changes: Vec::new(), reached: upto }) })
     }
 }
 
