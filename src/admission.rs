@@ -9,7 +9,9 @@
 //! 4. [`Admission::authorize`]: the class rules for that identity (101, 119), and the fields it
 //!    may not see;
 //! 5. [`Admission::start`]: live from now, or a catch-up from the position (155 when the
-//!    connection holds too many subscriptions).
+//!    connection holds too many subscriptions); or, for a snapshot, [`Admission::snapshot`]
+//!    (the current rows: 155 past `limits.snapshot_rows`, 124 past the statement timeout)
+//!    then [`Admission::start_after`] (a catch-up from where the snapshot was taken).
 //!
 //! Each refusal is a [`Refused`] naming the step, so a transport can choose its own framing
 //! (an error frame, an HTTP status) while the codes and messages stay one. No socket I/O: the
@@ -24,7 +26,8 @@ use tokio::task::AbortHandle;
 use crate::auth::rules::{ClassRules, Denied};
 use crate::auth::{Identity, TokenError, TokenResolver};
 use crate::catchup::{Catchup, Resume};
-use crate::hub::{ConnectionId, Hub, Outbox, Start, SubscribeError, Subscription};
+use crate::hub::{self, Change, ConnectionId, Hub, Outbox, Start, SubscribeError, Subscription};
+use crate::snapshot::{SnapshotError, SnapshotRead, SnapshotSource};
 use crate::position::Position;
 use crate::protocol::{code, Refusal, RequestId};
 use crate::query::{QueryError, QueryLimits};
@@ -35,9 +38,12 @@ pub struct Admission {
     catchup: Arc<Catchup>,
     tokens: Arc<dyn TokenResolver>,
     rules: Arc<ClassRules>,
+    snapshots: Arc<dyn SnapshotSource>,
     query_limits: QueryLimits,
     /// Most names in a `keys` or `watch` list.
     field_list: usize,
+    /// Most rows in a snapshot.
+    snapshot_rows: usize,
     /// How often tokens in use are checked again (revocation is noticed within this).
     pub revalidate_every: Duration,
 }
@@ -55,6 +61,8 @@ pub struct AdmissionLimits {
     /// Most names in a `keys` or `watch` list (`limits.field_list`).
     pub field_list: usize,
     pub revalidate_every: Duration,
+    /// Most rows in a snapshot (`limits.snapshot_rows`).
+    pub snapshot_rows: usize,
 }
 
 /// A subscribe request as either transport states it, before anything is checked.
@@ -81,6 +89,8 @@ pub enum Refused {
     Denied(Denied),
     /// The hub: too many subscriptions, or the connection is gone.
     Hub(SubscribeError),
+    /// No snapshot could be taken.
+    Snapshot(SnapshotError),
 }
 
 impl Refused {
@@ -92,6 +102,7 @@ impl Refused {
             Refused::Token(_) => "token",
             Refused::Denied(_) => "class_rule",
             Refused::Hub(_) => "hub",
+            Refused::Snapshot(_) => "snapshot",
         }
     }
 
@@ -103,6 +114,14 @@ impl Refused {
             Refused::Token(e) => Some(Refusal::new(code::INVALID_SESSION_TOKEN, e.to_string())),
             Refused::Denied(denied) => Some(Refusal::new(denied.code, denied.message.clone())),
             Refused::Hub(e) => e.refusal(),
+            Refused::Snapshot(e) => Some(Refusal::new(
+                match e {
+                    SnapshotError::TooManyRows { .. } => code::LIMIT_EXCEEDED,
+                    SnapshotError::Timeout { .. } => code::TIMEOUT,
+                    SnapshotError::Unavailable(_) => code::INTERNAL,
+                },
+                e.to_string(),
+            )),
         }
     }
 }
@@ -123,10 +142,11 @@ impl Admission {
         catchup: Arc<Catchup>,
         tokens: Arc<dyn TokenResolver>,
         rules: Arc<ClassRules>,
+        snapshots: Arc<dyn SnapshotSource>,
         limits: AdmissionLimits,
     ) -> Admission {
-        let AdmissionLimits { query: query_limits, field_list, revalidate_every } = limits;
-        Admission { hub, catchup, tokens, rules, query_limits, field_list, revalidate_every }
+        let AdmissionLimits { query: query_limits, field_list, revalidate_every, snapshot_rows } = limits;
+        Admission { hub, catchup, tokens, rules, snapshots, query_limits, field_list, snapshot_rows, revalidate_every }
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -195,11 +215,42 @@ impl Admission {
         let started = match since {
             None => self.hub.subscribe(connection, request_id, subscription, Start::Now).map(Started::Live),
             Some(since) => {
-                let resume = Resume { connection, request_id, subscription, since, outbox: outbox.clone() };
+                let resume = Resume { connection, request_id, subscription, since, outbox: outbox.clone(), skip: Vec::new() };
                 self.catchup.start(resume).map(Started::CatchingUp)
             }
         };
         started.map_err(Refused::Hub)
+    }
+
+    /// The current rows of the (authorized) subscription's query, as its events would carry
+    /// them: matched, read access checked, projected, protected fields stripped.
+    pub async fn snapshot(
+        &self,
+        subscription: &Subscription,
+        where_: &Map<String, Value>,
+        request_id: &RequestId,
+    ) -> Result<SnapshotRead, Refused> {
+        let encode = |change: &Change| {
+            hub::replay(subscription, request_id, change, uuid::Uuid::nil()).map(|d| d.payload.object.clone())
+        };
+        let class = &subscription.class;
+        self.snapshots.read(class, where_, &encode, self.snapshot_rows).await.map_err(Refused::Snapshot)
+    }
+
+    /// Step 5 after a snapshot: a catch-up from where `read` was taken, skipping the changes it
+    /// already reflects, so the client's rows plus the events that follow are the table's state.
+    pub fn start_after(
+        &self,
+        connection: ConnectionId,
+        request_id: RequestId,
+        subscription: Subscription,
+        read: &SnapshotRead,
+        outbox: &Outbox,
+    ) -> Result<Started, Refused> {
+        let since = Position::new(read.epoch, read.head);
+        let skip = read.skip.clone();
+        let resume = Resume { connection, request_id, subscription, since, outbox: outbox.clone(), skip };
+        self.catchup.start(resume).map(Started::CatchingUp).map_err(Refused::Hub)
     }
 }
 

@@ -17,7 +17,8 @@ use crate::auth::Authenticator;
 use crate::catchup::Catchup;
 use crate::config::{Config, ConfigError, Settings};
 use crate::database::{self, DatabaseConfig, DatabaseError};
-use crate::feed::{self, Feed};
+use crate::feed::{self, Feed, Snapshots};
+use crate::snapshot::SnapshotSource;
 use crate::http::cors;
 use crate::http::{self, Listeners, Status};
 use crate::hub::Hub;
@@ -122,6 +123,11 @@ impl Application {
             ready_max_lag: Duration::from_millis(settings.server.ready_max_lag_ms),
         };
         let catchup = Arc::new(Catchup::new(hub.clone(), feed.history(), settings.replay_changes));
+        let snapshot_pool =
+            DatabaseConfig { max_connections: settings.snapshot_connections, ..settings.database.clone() };
+        let snapshot_pool = database::open_pool(&snapshot_pool).await?;
+        let snapshots = Snapshots::new(snapshot_pool, settings.feed.aliases.clone(), settings.snapshot_timeout);
+        let catchup = (catchup, Arc::new(snapshots) as Arc<dyn SnapshotSource>);
         let (port, metrics_port) = (listeners.port, listeners.metrics_port);
         let shutdown = ShutdownTimes {
             drain_delay: Duration::from_millis(settings.server.drain_delay_ms),
@@ -234,7 +240,7 @@ fn listen_error(action: &'static str, address: SocketAddr, source: std::io::Erro
 fn serve(
     bound: Bound,
     settings: Settings,
-    catchup: Arc<Catchup>,
+    catchup: (Arc<Catchup>, Arc<dyn SnapshotSource>),
     sessions: SessionStore,
     status: Status,
 ) -> Result<Server, StartError> {
@@ -270,7 +276,7 @@ fn serve(
 /// What each transport's connections share: one subscribe pipeline, the quotas, the metrics.
 fn transports(
     settings: Settings,
-    catchup: Arc<Catchup>,
+    (catchup, snapshots): (Arc<Catchup>, Arc<dyn SnapshotSource>),
     sessions: SessionStore,
     status: &Status,
 ) -> (WsSettings, SseSettings) {
@@ -281,8 +287,9 @@ fn transports(
         query: settings.query_limits,
         field_list: settings.field_list,
         revalidate_every: settings.revalidate_every,
+        snapshot_rows: settings.snapshot_rows,
     };
-    let admission = Arc::new(Admission::new(hub, catchup, tokens, Arc::new(rules), limits));
+    let admission = Arc::new(Admission::new(hub, catchup, tokens, Arc::new(rules), snapshots, limits));
     let master_key = keys.master_key.clone();
     let sse = SseSettings {
         admission: admission.clone(),

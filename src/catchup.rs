@@ -58,6 +58,10 @@ pub struct Resume {
     pub subscription: Subscription,
     pub since: Position,
     pub outbox: Outbox,
+    /// Positions after `since` not to replay, ascending: the changes a snapshot taken at
+    /// `since` already reflects (see [`crate::snapshot`]). The replay reaches past the last one
+    /// before going live.
+    pub skip: Vec<i64>,
 }
 
 pub struct Catchup {
@@ -114,9 +118,10 @@ impl Catchup {
     /// reads whatever the write rate: the first may be long, the second covers only the time the
     /// first took.
     async fn replay(&self, resume: &Resume, ticket: Reservation) -> Replayed {
-        let Resume { connection, request_id, subscription, since, outbox } = resume;
+        let Resume { connection, request_id, subscription, since, outbox, skip } = resume;
         let mut cursor = since.offset;
-        let live = match self.reachable(*since, cursor).await {
+        let must_reach = skip.last().copied().unwrap_or(cursor).max(cursor);
+        let live = match self.reachable(*since, must_reach).await {
             Ok(live) => live,
             Err(gap) => return Replayed::Gap(gap),
         };
@@ -170,7 +175,7 @@ impl Catchup {
 
     /// Replays history in `(cursor, upto]` into the outbox, moving `cursor` along.
     async fn replay_upto(&self, resume: &Resume, cursor: &mut i64, upto: i64) -> Result<(), Replayed> {
-        let Resume { request_id, subscription, since, outbox, .. } = resume;
+        let Resume { request_id, subscription, since, outbox, skip, .. } = resume;
         while *cursor < upto {
             let class = &subscription.class;
             let batch = self.read(*cursor, upto, class, since.epoch, outbox).await.ok_or(Replayed::Gone)?;
@@ -182,7 +187,7 @@ impl Catchup {
             }
             // Nothing after the cursor was pruned (checked above), so `changes` is all there is
             // up to where the read reached.
-            for change in &batch.changes {
+            for change in batch.changes.iter().filter(|c| skip.binary_search(&c.pos).is_err()) {
                 if let Some(delivery) = hub::replay(subscription, request_id, change, since.epoch) {
                     if !outbox.send(Outgoing::Event(delivery)).await {
                         return Err(Replayed::Gone);

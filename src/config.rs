@@ -145,6 +145,13 @@ pub struct LimitsConfig {
     pub field_list: usize,
     /// Most changes one resume replays; a client further behind gets an `expired` gap.
     pub replay_changes: u64,
+    /// Most rows one snapshot sends; a larger one is refused (155).
+    pub snapshot_rows: usize,
+    /// Statement timeout of a snapshot's read, in milliseconds (124 past it).
+    pub snapshot_timeout_ms: u64,
+    /// Database connections reserved for snapshots: they queue for them, and never take the
+    /// connections the feed, replays and token lookups use.
+    pub snapshot_connections: u32,
     /// Open connections (WebSocket and SSE) from one client address.
     pub connections_per_ip: usize,
     /// Open connections in all.
@@ -183,6 +190,9 @@ impl Default for LimitsConfig {
             scanned_queries_total: 2_000,
             field_list: 256,
             replay_changes: 100_000,
+            snapshot_rows: 10_000,
+            snapshot_timeout_ms: 5_000,
+            snapshot_connections: 2,
             connections_per_ip: 8_000,
             connections_total: 16_000,
             sse_streams_per_ip: 1_000,
@@ -232,6 +242,9 @@ pub struct Settings {
     pub field_list: usize,
     /// Most changes one resume replays.
     pub replay_changes: u64,
+    pub snapshot_rows: usize,
+    pub snapshot_timeout: Duration,
+    pub snapshot_connections: u32,
     pub connections: ConnectionLimits,
     /// Per-connection request rate and burst.
     pub request_rate: (u32, u32),
@@ -319,6 +332,9 @@ impl Config {
             },
             field_list: limits.field_list,
             replay_changes: limits.replay_changes,
+            snapshot_rows: limits.snapshot_rows,
+            snapshot_timeout: Duration::from_millis(limits.snapshot_timeout_ms),
+            snapshot_connections: limits.snapshot_connections,
             request_rate: (
                 limits.request_rate,
                 u32::try_from(limits.subscriptions_per_connection).unwrap_or(u32::MAX).max(limits.request_rate),
@@ -406,6 +422,9 @@ impl Config {
             ("limits.scanned_queries_total", self.limits.scanned_queries_total as u64),
             ("limits.field_list", self.limits.field_list as u64),
             ("limits.replay_changes", self.limits.replay_changes),
+            ("limits.snapshot_rows", self.limits.snapshot_rows as u64),
+            ("limits.snapshot_timeout_ms", self.limits.snapshot_timeout_ms),
+            ("limits.snapshot_connections", u64::from(self.limits.snapshot_connections)),
             ("limits.connections_per_ip", self.limits.connections_per_ip as u64),
             ("limits.connections_total", self.limits.connections_total as u64),
             ("limits.sse_streams_per_ip", self.limits.sse_streams_per_ip as u64),

@@ -6,6 +6,8 @@
 //! - [`hub`]: subscriptions by class and identical query, decision table, fan-out into bounded
 //!   per-connection outboxes. Never waits on a client.
 //! - [`catchup`]: replays missed changes for a resuming subscription, then hands it to the hub.
+//! - [`snapshot`]: the current rows of a query at a stream position (the contract; the feed
+//!   reads them).
 //! - [`admission`]: the subscribe pipeline both transports share (query, position, token, class
 //!   rules, start now or through catch-up).
 //! - [`quota`]: connections per client address and in total, connection attempts per second.
@@ -17,8 +19,8 @@
 //!   read access.
 //! - [`transport`]: socket framing (WebSocket, Server-Sent Events).
 //! - [`http`]: route table, CORS and Origin rules, health, the demo page.
-//! - [`app`], [`config`], [`database`], [`telemetry`], [`heap`]: start-up plumbing, and giving
-//!   a burst's memory back.
+//! - [`app`], [`config`], [`database`], [`heap`]: start-up plumbing, and giving a burst's
+//!   memory back; [`telemetry`]: metrics and logs.
 
 pub mod admission;
 pub mod app;
@@ -35,6 +37,7 @@ pub mod protocol;
 pub mod query;
 pub mod quota;
 pub mod session;
+pub mod snapshot;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;

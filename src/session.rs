@@ -16,12 +16,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde_json::{Map, Value};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::admission::{Admission, Refused, Started, SubscribeRequest};
 use crate::auth::{self, check_keys, Identity, KeyCheck, TokenError};
-use crate::hub::{ConnectionId, Hub, Outbox, Outgoing};
+use crate::hub::{ConnectionId, Hub, Outbox, Outgoing, Subscription};
 use crate::position::Position;
 use crate::protocol::{
     self, code, decode, encode_error, encode_reply, Connect, Decoded, KeyPairs, Refusal, Reply, Request, RequestId,
@@ -95,6 +96,9 @@ impl Framer {
                 let reply = Reply::Gap { request_id: &request_id, reason: gap.as_str(), position: &position };
                 reply_text(ids, &reply)
             }
+            Outgoing::Result { request_id, objects, .. } => {
+                protocol::encode_result(&objects, &request_id, &ids.client_id, ids.installation_id.as_deref())
+            }
         };
         Some(text)
     }
@@ -121,6 +125,8 @@ struct Held {
     token: Option<Verified>,
     /// The identity it was registered with (to notice changes on revalidation).
     identity: Identity,
+    /// The subscription as admitted, and its `where`, for `query` (its current rows).
+    subscription: Arc<(Subscription, Map<String, Value>)>,
 }
 
 pub struct ParseSession {
@@ -203,6 +209,8 @@ impl ParseSession {
                 self.not_connected("subscribing");
             }
             Request::Unsubscribe { request_id } => self.unsubscribe(&request_id),
+            Request::Query { request_id } if self.client.is_some() => self.query(request_id).await,
+            Request::Query { .. } => self.not_connected("querying"),
         }
     }
 
@@ -253,6 +261,28 @@ impl ParseSession {
         }
     }
 
+    /// Parse's `query` (the SDK's `subscription.find()`): the current rows of a subscription's
+    /// query, as its identity may read them, in a `result` frame. The subscription is unchanged.
+    async fn query(&mut self, request_id: RequestId) {
+        let Some(held) = self.held.get(&request_id) else {
+            return self.unknown_subscription(&request_id);
+        };
+        let (mut subscription, where_) = (held.subscription.0.clone(), held.subscription.1.clone());
+        subscription.identity = held.identity.clone();
+        let admission = self.settings.admission.clone();
+        match admission.snapshot(&subscription, &where_, &request_id).await {
+            Ok(read) => {
+                self.outbox.send(Outgoing::Result { request_id, objects: read.objects, reset: false }).await;
+            }
+            Err(refused) => {
+                if let Some(refusal) = refused.refusal() {
+                    self.settings.metrics.refused(refusal.code);
+                    self.outbox.push(Outgoing::Text(refusal_text(&refusal, &request_id)));
+                }
+            }
+        }
+    }
+
     async fn subscribe(&mut self, request: Subscribe) {
         // A reused requestId replaces the subscription, including one still catching up; one
         // that was suspended resumes where it stopped (unless the client says where).
@@ -281,7 +311,7 @@ impl ParseSession {
     async fn admit(&mut self, request: Subscribe, suspended_at: Option<Position>) -> Result<(), Refused> {
         let Some(client) = self.client.clone() else { return Ok(()) };
         let admission = self.settings.admission.clone();
-        let Subscribe { request_id, class_name, where_, keys, watch, session_token, since } = request;
+        let Subscribe { request_id, class_name, where_, keys, watch, session_token, since, snapshot } = request;
         let positions = since.is_some();
         let mut subscription =
             admission.compile(SubscribeRequest { class: &class_name, where_: &where_, keys, watch, positions })?;
@@ -302,8 +332,21 @@ impl ParseSession {
         let mut identity = own_token.as_ref().or(client.token.as_ref()).map(|v| v.identity.clone()).unwrap_or_default();
         identity.master = client.master;
         admission.authorize(&mut subscription, &where_, identity.clone())?;
-        self.held.insert(request_id.clone(), Held { token: own_token, identity });
-        match admission.start(self.connection, request_id.clone(), subscription, resume_from, &self.outbox) {
+        let kept = Arc::new((subscription.clone(), where_.clone()));
+        self.held.insert(request_id.clone(), Held { token: own_token, identity, subscription: kept });
+        let started = match resume_from {
+            // A snapshot, then the changes after it (a resume replays instead).
+            None if snapshot => match admission.snapshot(&subscription, &where_, &request_id).await {
+                Ok(read) => {
+                    let objects = read.objects.clone();
+                    self.outbox.send(Outgoing::Result { request_id: request_id.clone(), objects, reset: false }).await;
+                    admission.start_after(self.connection, request_id.clone(), subscription, &read, &self.outbox)
+                }
+                Err(refused) => Err(refused),
+            },
+            _ => admission.start(self.connection, request_id.clone(), subscription, resume_from, &self.outbox),
+        };
+        match started {
             Ok(Started::Live(_)) => Ok(()),
             Ok(Started::CatchingUp(task)) => {
                 self.settings.metrics.replay_started(Transport::WebSocket);
@@ -417,6 +460,7 @@ impl ParseSession {
     fn too_many_requests(&self, request: &Request) {
         let request_id = match request {
             Request::Subscribe(s) | Request::Update(s) => Some(&s.request_id),
+            Request::Query { request_id } => Some(request_id),
             Request::Connect(_) | Request::Unsubscribe { .. } => None,
         };
         if request_id.is_some() {

@@ -99,6 +99,7 @@ impl Client {
             Subscription::new("Msg", where_.as_object().unwrap(), QueryLimits::default(), None, None).unwrap();
         subscription.positions = true;
         let resume = Resume {
+            skip: Vec::new(),
             connection: self.connection,
             request_id: RequestId::from(1),
             subscription,
@@ -119,6 +120,7 @@ impl Client {
                 Outgoing::Subscribed { position, .. } => (format!("subscribed {}", position.offset), true),
                 Outgoing::Refused { refusal, .. } => (format!("refused {}", refusal.code), true),
                 Outgoing::Text(text) => (text, false),
+                Outgoing::Result { objects, .. } => (format!("result {}", objects.len()), false),
             };
             seen.push(line);
             if last {

@@ -23,7 +23,7 @@ impl Catalog {
         Catalog { aliases, tables: HashMap::new() }
     }
 
-    async fn info(
+    pub(super) async fn info(
         &mut self,
         pool: &PgPool,
         schema: &str,
@@ -64,6 +64,7 @@ impl Catalog {
         let mut primary_key: Vec<(i32, String)> = Vec::new();
         let mut date_columns = HashSet::new();
         let mut columns = HashSet::new();
+        let mut column_types = HashMap::new();
         for row in rows {
             let name: String = row.try_get("name")?;
             let ty: String = row.try_get("type")?;
@@ -73,6 +74,7 @@ impl Catalog {
             if matches!(ty.as_str(), "timestamp" | "timestamptz" | "date") {
                 date_columns.insert(name.clone());
             }
+            column_types.insert(name.clone(), ty);
             columns.insert(name);
         }
         primary_key.sort();
@@ -87,6 +89,7 @@ impl Catalog {
             primary_key: primary_key.into_iter().map(|(_, n)| n).collect(),
             date_columns,
             columns,
+            column_types,
         })
     }
 }

@@ -14,9 +14,11 @@
 
 mod catalog;
 mod rows;
+mod snapshot;
 
 pub use catalog::Catalog;
 pub use rows::{to_parse_object, TableInfo};
+pub use snapshot::{narrowing, Narrowing, Snapshots};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};

@@ -6,7 +6,7 @@
 //! JSON, and no column whose name starts with `_` is ever copied. The read ACL comes from an
 //! `ACL` or `_acl` column (Parse ACL JSON) or `_rperm` (text array).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -24,6 +24,8 @@ pub struct TableInfo {
     pub date_columns: HashSet<String>,
     /// Every column, to notice a schema change.
     pub columns: HashSet<String>,
+    /// Each column's type name (`pg_type.typname`), for what a snapshot can evaluate in SQL.
+    pub column_types: HashMap<String, String>,
 }
 
 pub fn to_parse_object(info: &TableInfo, row: Map<String, Value>) -> RowImage {
@@ -96,6 +98,7 @@ mod tests {
             primary_key: pk.iter().map(|s| s.to_string()).collect(),
             date_columns: dates.iter().map(|s| s.to_string()).collect(),
             columns: HashSet::new(),
+            column_types: HashMap::new(),
         }
     }
 

@@ -28,6 +28,9 @@ pub enum Outgoing {
     /// A subscription's history has a hole: the client must refetch, then continues live from
     /// `position`.
     Gap { request_id: RequestId, gap: Gap, position: Position },
+    /// The current rows of a subscription's query, encoded (a snapshot, or Parse's `query`).
+    /// `reset`: it follows a gap, and replaces what the client had.
+    Result { request_id: RequestId, objects: Vec<String>, reset: bool },
 }
 
 impl Outgoing {
@@ -40,6 +43,7 @@ impl Outgoing {
                 Outgoing::Text(text) => text.len(),
                 Outgoing::Event(d) => d.payload.object.len() + d.payload.original.as_ref().map_or(0, String::len),
                 Outgoing::Refused { refusal, .. } => refusal.message.len(),
+                Outgoing::Result { objects, .. } => objects.iter().map(|o| o.len() + 1).sum(),
                 Outgoing::Subscribed { .. } | Outgoing::Gap { .. } => 0,
             }
     }

@@ -13,7 +13,7 @@ mod response;
 mod unique;
 
 pub use request::{decode, Connect, Decoded, KeyPairs, Request, Subscribe};
-pub use response::{encode_error, encode_event, encode_reply, EventOp, Reply};
+pub use response::{encode_error, encode_event, encode_reply, encode_result, EventOp, Reply};
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -37,6 +37,10 @@ pub mod code {
     pub const LIMIT_EXCEEDED: i64 = 155;
     /// A session token that is invalid, expired or revoked (Parse's INVALID_SESSION_TOKEN).
     pub const INVALID_SESSION_TOKEN: i64 = 209;
+    /// The server could not do it right now (Parse's INTERNAL_SERVER_ERROR shares code 1).
+    pub const INTERNAL: i64 = 1;
+    /// A request took too long (Parse's TIMEOUT).
+    pub const TIMEOUT: i64 = 124;
 }
 
 /// Why a request was turned down, as the client is told: a Parse error code and message.

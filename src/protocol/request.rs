@@ -25,6 +25,10 @@ pub enum Request {
     Unsubscribe {
         request_id: RequestId,
     },
+    /// The current rows of an existing subscription's query (Parse SDK's `subscription.find()`).
+    Query {
+        request_id: RequestId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -78,6 +82,8 @@ pub struct Subscribe {
     pub session_token: Option<String>,
     /// Resume extension: a position string, or `"now"` to get positions without resuming.
     pub since: Option<String>,
+    /// Snapshot extension: send the query's current rows (`result`) before `subscribed`.
+    pub snapshot: bool,
 }
 
 /// What one incoming text frame amounts to.
@@ -161,10 +167,11 @@ enum Schema {
     },
     /// `{type: array, items: {type: string}, minItems: 1, uniqueItems: true}`
     UniqueStrings,
+    Boolean,
 }
 
 const GENERAL_OP: Schema = Schema::String;
-const OPS: [&str; 4] = ["connect", "subscribe", "unsubscribe", "update"];
+const OPS: [&str; 5] = ["connect", "subscribe", "unsubscribe", "update", "query"];
 
 const CONNECT: Schema = Schema::Object {
     required: &["op", "applicationId"],
@@ -202,6 +209,8 @@ const SUBSCRIBE: Schema = Schema::Object {
         ("sessionToken", Schema::String),
         // livegate's resume extension: a position to resume from, or "now" (positions only).
         ("since", Schema::String),
+        // livegate's snapshot extension: the current rows first.
+        ("snapshot", Schema::Boolean),
     ],
     closed: true,
 };
@@ -232,6 +241,7 @@ fn check(value: &Value, schema: &Schema) -> Result<(), String> {
         Schema::Any => Ok(()),
         Schema::String => value.is_string().then_some(()).ok_or_else(|| invalid_type(value, "string")),
         Schema::Number => value.is_number().then_some(()).ok_or_else(|| invalid_type(value, "number")),
+        Schema::Boolean => value.is_boolean().then_some(()).ok_or_else(|| invalid_type(value, "boolean")),
         Schema::Object { required, properties, closed } => {
             let Value::Object(map) = value else {
                 return Err(invalid_type(value, "object"));
@@ -297,6 +307,10 @@ fn validate(value: &Value, text: &str) -> Result<Request, String> {
             let subscribe = subscribe_from(map, text);
             Ok(if op == "subscribe" { Request::Subscribe(subscribe) } else { Request::Update(subscribe) })
         }
+        "query" => {
+            check(value, &UNSUBSCRIBE)?;
+            Ok(Request::Query { request_id: request_id_of(map, text) })
+        }
         _ => {
             check(value, &UNSUBSCRIBE)?;
             Ok(Request::Unsubscribe { request_id: request_id_of(map, text) })
@@ -336,6 +350,7 @@ fn subscribe_from(map: &Map<String, Value>, text: &str) -> Subscribe {
         watch: strings("watch"),
         session_token: map.get("sessionToken").and_then(Value::as_str).map(str::to_string),
         since: map.get("since").and_then(Value::as_str).map(str::to_string),
+        snapshot: map.get("snapshot").and_then(Value::as_bool).unwrap_or(false),
     }
 }
 

@@ -103,6 +103,23 @@ pub fn encode_reply(reply: &Reply<'_>, client_id: &str, installation_id: Option<
     out
 }
 
+/// `result`: the rows of a subscription's query (each an encoded object), for `query` or a
+/// `subscribe` with `snapshot`.
+pub fn encode_result(objects: &[String], request_id: &RequestId, client_id: &str, installation_id: Option<&str>) -> String {
+    let mut out = String::with_capacity(96 + objects.iter().map(|o| o.len() + 1).sum::<usize>());
+    head(&mut out, "result", client_id, installation_id);
+    push_request_id(&mut out, request_id);
+    out.push_str(",\"results\":[");
+    for (i, object) in objects.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(object);
+    }
+    out.push_str("]}");
+    out
+}
+
 pub fn encode_error(code: i64, message: &str, reconnect: bool, request_id: Option<&RequestId>) -> String {
     let mut out = String::with_capacity(64 + message.len());
     out.push_str("{\"op\":\"error\",\"error\":");

@@ -16,8 +16,10 @@ use crate::admission::{Admission, AdmissionLimits};
 use crate::auth::rules::ClassRules;
 use crate::auth::{Identity, TokenError, TokenResolver};
 use crate::catchup::{Catchup, HistoryBatch, HistoryError, HistorySource};
-use crate::hub::Hub;
+use crate::hub::{Change, Hub};
 use crate::query::QueryLimits;
+use crate::snapshot::{Encode, SnapshotError, SnapshotRead, SnapshotSource};
+use serde_json::{Map, Value};
 
 /// Tokens and what each resolves to; an unknown token is invalid.
 #[derive(Default)]
@@ -56,10 +58,47 @@ impl HistorySource for QuietHistory {
     }
 }
 
-/// The subscribe pipeline over `hub`, with `tokens`, class `rules` and default query limits.
-pub fn admission(hub: &Arc<Hub>, tokens: Arc<TokenTable>, rules: ClassRules) -> Arc<Admission> {
+/// A table's rows, snapshotted at the hub's position, as inserts the test lists.
+pub struct Rows {
+    pub hub: Arc<Hub>,
+    pub rows: Mutex<Vec<Change>>,
+}
+
+impl SnapshotSource for Rows {
+    fn read<'a>(
+        &'a self,
+        class: &'a str,
+        _where: &'a Map<String, Value>,
+        encode: Encode<'a>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<SnapshotRead, SnapshotError>> {
+        let at = self.hub.position();
+        let rows = self.rows.lock().unwrap().clone();
+        Box::pin(async move {
+            let objects: Vec<String> = rows.iter().filter(|c| &*c.class == class).filter_map(encode).collect();
+            if objects.len() > limit {
+                return Err(SnapshotError::TooManyRows { limit });
+            }
+            Ok(SnapshotRead { epoch: at.epoch, head: at.offset, skip: Vec::new(), objects })
+        })
+    }
+}
+
+/// The subscribe pipeline over `hub`, with `tokens`, class `rules`, default query limits and a
+/// snapshot of `rows` (at most 3).
+pub fn admission_with(hub: &Arc<Hub>, tokens: Arc<TokenTable>, rules: ClassRules, rows: Vec<Change>) -> Arc<Admission> {
     let catchup = Arc::new(Catchup::new(hub.clone(), Arc::new(QuietHistory(hub.clone())), u64::MAX));
-    let limits =
-        AdmissionLimits { query: QueryLimits::default(), field_list: 8, revalidate_every: Duration::from_secs(5) };
-    Arc::new(Admission::new(hub.clone(), catchup, tokens, Arc::new(rules), limits))
+    let limits = AdmissionLimits {
+        query: QueryLimits::default(),
+        field_list: 8,
+        revalidate_every: Duration::from_secs(5),
+        snapshot_rows: 3,
+    };
+    let snapshots = Arc::new(Rows { hub: hub.clone(), rows: Mutex::new(rows) });
+    Arc::new(Admission::new(hub.clone(), catchup, tokens, Arc::new(rules), snapshots, limits))
+}
+
+/// [`admission_with`] an empty table.
+pub fn admission(hub: &Arc<Hub>, tokens: Arc<TokenTable>, rules: ClassRules) -> Arc<Admission> {
+    admission_with(hub, tokens, rules, Vec::new())
 }

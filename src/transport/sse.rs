@@ -40,6 +40,7 @@ use super::{peer_ip, sleep_until, turned_away};
 use crate::admission::{Admission, Refused, Started, SubscribeRequest};
 use crate::auth::{constant_time_eq, Identity, TokenError};
 use crate::hub::{CloseCause, ConnectionId, Delivery, Hub, Outbox, Outgoing, Queue, QueueBudget, Subscription};
+use crate::snapshot::{SnapshotError, SnapshotRead};
 use crate::position::Position;
 use crate::protocol::{code, Refusal, RequestId};
 use crate::quota::{Gate, Permit};
@@ -56,11 +57,13 @@ pub struct SseConfig {
     pub retry_ms: u64,
     /// Name of the cookie a session token may travel in.
     pub token_cookie: String,
+    /// Most objects in one `event: snapshot`.
+    pub snapshot_chunk: usize,
 }
 
 impl Default for SseConfig {
     fn default() -> Self {
-        SseConfig { keepalive_ms: 15_000, retry_ms: 2_000, token_cookie: "livegate_token".into() }
+        SseConfig { keepalive_ms: 15_000, retry_ms: 2_000, token_cookie: "livegate_token".into(), snapshot_chunk: 100 }
     }
 }
 
@@ -88,6 +91,8 @@ struct Params {
     /// A session token in the URL: visible in logs and history; prefer the cookie or header.
     #[serde(rename = "sessionToken")]
     session_token: Option<String>,
+    /// `true`: the current rows first (`event: snapshot`), unless the stream resumes.
+    snapshot: Option<String>,
 }
 
 impl Params {
@@ -112,6 +117,14 @@ impl Params {
     /// `keys` and `watch` as field lists.
     fn fields(&self) -> Result<Fields, Rejection> {
         Ok((field_list("keys", self.keys.as_deref())?, field_list("watch", self.watch.as_deref())?))
+    }
+
+    fn snapshot(&self) -> Result<bool, Rejection> {
+        match self.snapshot.as_deref() {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(other) => Err(Rejection::bad_request(code::SCHEMA, format!("snapshot must be true or false, not {other:?}"))),
+        }
     }
 
     /// Where to resume from: a browser's own `Last-Event-ID` wins over the `since` parameter.
@@ -174,6 +187,9 @@ impl From<Refused> for Rejection {
             Refused::Token(_) => StatusCode::UNAUTHORIZED,
             Refused::Denied(_) => StatusCode::FORBIDDEN,
             Refused::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::Snapshot(SnapshotError::TooManyRows { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refused::Snapshot(SnapshotError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            Refused::Snapshot(SnapshotError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         };
         // The stream's own connection holds one subscription, so the hub can only refuse it if
         // the connection vanished meanwhile: answered as a server error, never silently.
@@ -188,6 +204,10 @@ impl From<Refused> for Rejection {
 /// What a request asks for, admitted: the subscription, where it resumes, and its token.
 struct Admitted {
     subscription: Subscription,
+    /// Its `where`, for a snapshot.
+    where_: Map<String, Value>,
+    /// The rows to send first (`snapshot=true` on a stream that does not resume).
+    snapshot: bool,
     since: Option<Position>,
     /// The token the identity came from, re-checked while streaming.
     token: Option<Arc<str>>,
@@ -199,10 +219,18 @@ pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::D
         Ok(permit) => permit,
         Err(turned) => return turned_away(turned),
     };
-    match admit(&req, &class, &settings).await {
-        Ok(admitted) => stream(admitted, settings.get_ref().clone(), Peer { ip: peer, permit }, peer_socket(&req)),
-        Err(rejection) => rejection.refused(&settings.metrics, None),
-    }
+    let admitted = match admit(&req, &class, &settings).await {
+        Ok(admitted) => admitted,
+        Err(rejection) => return rejection.refused(&settings.metrics, None),
+    };
+    let snapshot = match admitted.snapshot {
+        true => match settings.admission.snapshot(&admitted.subscription, &admitted.where_, &request_id()).await {
+            Ok(read) => Some(read),
+            Err(refused) => return Rejection::from(refused).refused(&settings.metrics, Some("snapshot")),
+        },
+        false => None,
+    };
+    stream(admitted, snapshot, settings.get_ref().clone(), Peer { ip: peer, permit }, peer_socket(&req))
 }
 
 /// Who a stream is for: the client's address, and its place in the quotas.
@@ -226,6 +254,7 @@ async fn admit(req: &HttpRequest, class: &str, settings: &SseSettings) -> Result
         admission.compile(SubscribeRequest { class, where_: &where_, keys, watch, positions: true })?;
     fields?;
     let since = Admission::since(params.since(header(req, "last-event-id")))?;
+    let snapshot = params.snapshot()? && since.is_none();
     let token = token(req, &settings.config.token_cookie).or(params.session_token);
     let mut identity = match &token {
         None => Identity::default(),
@@ -233,7 +262,7 @@ async fn admit(req: &HttpRequest, class: &str, settings: &SseSettings) -> Result
     };
     identity.master = is_master(req, settings.master_key.as_deref());
     admission.authorize(&mut subscription, &where_, identity)?;
-    Ok(Admitted { subscription, since, token: token.map(Into::into) })
+    Ok(Admitted { subscription, where_, snapshot, since, token: token.map(Into::into) })
 }
 
 /// A token from `Authorization: Bearer`, else from the token cookie.
@@ -265,11 +294,12 @@ fn request_id() -> RequestId {
 
 fn stream(
     admitted: Admitted,
+    snapshot: Option<SnapshotRead>,
     settings: SseSettings,
     peer: Peer,
     socket: Option<tokio::net::TcpStream>,
 ) -> HttpResponse {
-    let Admitted { subscription, since, token } = admitted;
+    let Admitted { subscription, since, token, .. } = admitted;
     let identity = subscription.identity.clone();
     let admission = settings.admission.clone();
     let (outbox, queue) = Outbox::new(settings.send_queue.clone());
@@ -286,7 +316,15 @@ fn stream(
     });
     // Registered (or reserved) before the response starts: no change after the first byte is
     // missed.
-    match admission.start(connection, request_id(), subscription, since, &outbox) {
+    let started = match snapshot {
+        Some(read) => {
+            let objects = read.objects.clone();
+            outbox.push(Outgoing::Result { request_id: request_id(), objects, reset: false });
+            admission.start_after(connection, request_id(), subscription, &read, &outbox)
+        }
+        None => admission.start(connection, request_id(), subscription, since, &outbox),
+    };
+    match started {
         Ok(Started::Live(_)) => {}
         Ok(Started::CatchingUp(task)) => {
             settings.metrics.replay_started(Transport::Sse);
@@ -446,6 +484,7 @@ struct Stream {
     live: bool,
     /// The `id:` of the last event sent, where a browser resumes from.
     last_id: Option<String>,
+    snapshot_chunk: usize,
     tally: Tally,
 }
 
@@ -496,6 +535,7 @@ impl Stream {
             live: false,
             last_id: None,
             tally: Tally::default(),
+            snapshot_chunk: config.snapshot_chunk,
         }
     }
 
@@ -624,9 +664,9 @@ impl Stream {
                 self.last_id = Some(position.to_string());
             }
             Outgoing::Refused { refusal, .. } => metrics.refused(refusal.code),
-            Outgoing::Text(_) => {}
+            Outgoing::Text(_) | Outgoing::Result { .. } => {}
         }
-        frame(item)
+        frame(item, self.snapshot_chunk)
     }
 }
 
@@ -635,8 +675,26 @@ fn id_line(id: Option<&str>) -> String {
     id.map(|id| format!("id: {id}\n")).unwrap_or_default()
 }
 
-fn frame(item: Outgoing) -> String {
+/// `event: snapshot` events of at most `chunk` objects each (one, empty, for no rows); the first
+/// says `"reset": true` when it replaces what the client had (after a gap).
+fn frame_snapshot(objects: &[String], reset: bool, chunk: usize) -> String {
+    let mut out = String::with_capacity(objects.iter().map(|o| o.len() + 1).sum::<usize>() + 64);
+    let chunks: Vec<&[String]> = if objects.is_empty() { vec![&[]] } else { objects.chunks(chunk.max(1)).collect() };
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        out.push_str("event: snapshot\ndata: {\"objects\":[");
+        out.push_str(&chunk.join(","));
+        out.push(']');
+        if reset && i == 0 {
+            out.push_str(",\"reset\":true");
+        }
+        out.push_str("}\n\n");
+    }
+    out
+}
+
+fn frame(item: Outgoing, snapshot_chunk: usize) -> String {
     match item {
+        Outgoing::Result { objects, reset, .. } => frame_snapshot(&objects, reset, snapshot_chunk),
         Outgoing::Text(text) => text,
         Outgoing::Event(delivery) => frame_event(&delivery),
         Outgoing::Subscribed { position, .. } => {

@@ -254,7 +254,7 @@ impl Sender<'_> {
                 tracing::info!(transport = "websocket", %request_id, reason = gap.as_str(), "gap announced");
             }
             Outgoing::Refused { refusal, .. } => self.metrics.refused(refusal.code),
-            Outgoing::Text(_) | Outgoing::Subscribed { .. } => {}
+            Outgoing::Text(_) | Outgoing::Subscribed { .. } | Outgoing::Result { .. } => {}
         }
     }
 

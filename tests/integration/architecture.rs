@@ -44,7 +44,7 @@ const LAYERS: &[&[&str]] = &[
     &["position", "value", "protocol", "query", "auth::access"],
     &["auth", "database", "telemetry", "heap"],
     &["hub"],
-    &["feed", "catchup"],
+    &["feed", "catchup", "snapshot"],
     &["admission", "quota", "session"],
     &["transport"],
     &["http"],
