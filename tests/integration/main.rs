@@ -17,6 +17,7 @@ mod queries;
 mod resume;
 #[path = "../../src/testing/rng.rs"]
 mod rng;
+mod snapshots;
 mod soak;
 mod support;
 mod websocket;
