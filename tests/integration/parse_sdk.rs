@@ -84,3 +84,51 @@ async fn the_official_parse_js_sdk_receives_create_update_delete() {
         tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("the SDK client exits").unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_parse_js_sdk_finds_the_current_rows_of_its_subscription() {
+    if let Err(why) = ensure_sdk().await {
+        eprintln!("\n!!!!! SKIPPED the Parse JS SDK find() test: {why} !!!!!\n");
+        return;
+    }
+    let app = TestApp::spawn_with(|c| {
+        c.keys.javascript_key = Some("js-key".into());
+        let rule = livegate::auth::rules::ClassRule { protected_fields: vec!["secret_note".into()], ..Default::default() };
+        c.classes.insert("messages".into(), rule);
+    })
+    .await;
+    app.db
+        .execute(
+            "insert into messages (room, n, body, secret_note) values ('sdk', 1, 'first', 'no'), \
+             ('sdk', 0, 'n too small', null), ('other', 5, 'another room', null), ('sdk', 7, 'second', 'no')",
+        )
+        .await;
+    app.wait_until_published().await;
+    let mut child = Command::new("node")
+        .arg("parse_sdk_client.mjs")
+        .arg(app.ws_url())
+        .arg("messages")
+        .arg("find")
+        .current_dir(js_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(next_line(&mut lines).await["event"], "open");
+    let result = next_line(&mut lines).await;
+    assert_eq!(result["event"], "result", "{result}");
+    let objects = result["objects"].as_array().unwrap();
+    let mut bodies: Vec<&str> = objects.iter().map(|o| o["attributes"]["body"].as_str().unwrap()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["first", "second"], "exactly the query's rows: {result}");
+    for object in objects {
+        assert_eq!(object["className"], "messages");
+        assert!(object["id"].as_str().is_some_and(|id| id == "1" || id == "4"), "{object}");
+        assert!(object["attributes"].get("secret_note").is_none(), "protected fields stripped: {object}");
+        assert!(object["attributes"]["createdAt"].is_string(), "{object}");
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").unwrap();
+    assert!(status.success());
+}
