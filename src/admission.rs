@@ -26,8 +26,8 @@ use tokio::task::AbortHandle;
 use crate::auth::rules::{ClassRules, Denied};
 use crate::auth::{Identity, TokenError, TokenResolver};
 use crate::catchup::{Catchup, Resume};
-use crate::hub::{self, Change, ConnectionId, Hub, Outbox, Start, SubscribeError, Subscription};
-use crate::snapshot::{SnapshotError, SnapshotRead, SnapshotSource};
+use crate::hub::{ConnectionId, Hub, Outbox, Start, SubscribeError, Subscription};
+use crate::snapshot::{self, SnapshotError, SnapshotRead, SnapshotSource};
 use crate::position::Position;
 use crate::protocol::{code, Refusal, RequestId};
 use crate::query::{QueryError, QueryLimits};
@@ -114,14 +114,7 @@ impl Refused {
             Refused::Token(e) => Some(Refusal::new(code::INVALID_SESSION_TOKEN, e.to_string())),
             Refused::Denied(denied) => Some(Refusal::new(denied.code, denied.message.clone())),
             Refused::Hub(e) => e.refusal(),
-            Refused::Snapshot(e) => Some(Refusal::new(
-                match e {
-                    SnapshotError::TooManyRows { .. } => code::LIMIT_EXCEEDED,
-                    SnapshotError::Timeout { .. } => code::TIMEOUT,
-                    SnapshotError::Unavailable(_) => code::INTERNAL,
-                },
-                e.to_string(),
-            )),
+            Refused::Snapshot(e) => Some(e.refusal()),
         }
     }
 }
@@ -203,19 +196,23 @@ impl Admission {
         Ok(())
     }
 
-    /// Step 5: live from now, or (with `since`) after replaying what the client missed.
+    /// Step 5: live from now, or (with `since`) after replaying what the client missed. With
+    /// `resnapshot` (the `where` of a client that wants snapshots), a position that cannot be
+    /// replayed gets the gap and then a fresh snapshot instead of only the gap.
     pub fn start(
         &self,
         connection: ConnectionId,
         request_id: RequestId,
         subscription: Subscription,
         since: Option<Position>,
+        resnapshot: Option<Arc<Map<String, Value>>>,
         outbox: &Outbox,
     ) -> Result<Started, Refused> {
         let started = match since {
             None => self.hub.subscribe(connection, request_id, subscription, Start::Now).map(Started::Live),
             Some(since) => {
-                let resume = Resume { connection, request_id, subscription, since, outbox: outbox.clone(), skip: Vec::new() };
+                let outbox = outbox.clone();
+                let resume = Resume { connection, request_id, subscription, since, outbox, skip: Vec::new(), resnapshot };
                 self.catchup.start(resume).map(Started::CatchingUp)
             }
         };
@@ -230,11 +227,8 @@ impl Admission {
         where_: &Map<String, Value>,
         request_id: &RequestId,
     ) -> Result<SnapshotRead, Refused> {
-        let encode = |change: &Change| {
-            hub::replay(subscription, request_id, change, uuid::Uuid::nil()).map(|d| d.payload.object.clone())
-        };
-        let class = &subscription.class;
-        self.snapshots.read(class, where_, &encode, self.snapshot_rows).await.map_err(Refused::Snapshot)
+        let source = &*self.snapshots;
+        snapshot::take(source, subscription, where_, request_id, self.snapshot_rows).await.map_err(Refused::Snapshot)
     }
 
     /// Step 5 after a snapshot: a catch-up from where `read` was taken, skipping the changes it
@@ -249,7 +243,8 @@ impl Admission {
     ) -> Result<Started, Refused> {
         let since = Position::new(read.epoch, read.head);
         let skip = read.skip.clone();
-        let resume = Resume { connection, request_id, subscription, since, outbox: outbox.clone(), skip };
+        let resume =
+            Resume { connection, request_id, subscription, since, outbox: outbox.clone(), skip, resnapshot: None };
         self.catchup.start(resume).map(Started::CatchingUp).map_err(Refused::Hub)
     }
 }

@@ -122,12 +122,14 @@ impl Application {
             metrics_token: settings.metrics.token.as_deref().map(Arc::from),
             ready_max_lag: Duration::from_millis(settings.server.ready_max_lag_ms),
         };
-        let catchup = Arc::new(Catchup::new(hub.clone(), feed.history(), settings.replay_changes));
         let snapshot_pool =
             DatabaseConfig { max_connections: settings.snapshot_connections, ..settings.database.clone() };
         let snapshot_pool = database::open_pool(&snapshot_pool).await?;
-        let snapshots = Snapshots::new(snapshot_pool, settings.feed.aliases.clone(), settings.snapshot_timeout);
-        let catchup = (catchup, Arc::new(snapshots) as Arc<dyn SnapshotSource>);
+        let snapshots: Arc<dyn SnapshotSource> =
+            Arc::new(Snapshots::new(snapshot_pool, settings.feed.aliases.clone(), settings.snapshot_timeout));
+        let (history, rows) = (feed.history(), settings.snapshot_rows);
+        let catchup = Catchup::new(hub.clone(), history, settings.replay_changes, snapshots.clone(), rows);
+        let catchup = (Arc::new(catchup), snapshots);
         let (port, metrics_port) = (listeners.port, listeners.metrics_port);
         let shutdown = ShutdownTimes {
             drain_delay: Duration::from_millis(settings.server.drain_delay_ms),

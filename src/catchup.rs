@@ -19,6 +19,8 @@ use uuid::Uuid;
 use crate::hub::{self, Change, ConnectionId, Hub, Outbox, Outgoing, Reservation, Start, SubscribeError, Subscription};
 use crate::position::{Gap, Position};
 use crate::protocol::RequestId;
+use crate::snapshot::{self, SnapshotSource};
+use serde_json::{Map, Value};
 
 /// How long a position ahead of this gateway's live stream is given to be reached (another
 /// gateway may be slightly ahead) before it is treated as history that was lost.
@@ -62,11 +64,17 @@ pub struct Resume {
     /// `since` already reflects (see [`crate::snapshot`]). The replay reaches past the last one
     /// before going live.
     pub skip: Vec<i64>,
+    /// The client wants snapshots: when `since` cannot be replayed, it gets the gap, then a
+    /// fresh snapshot of this `where` (`reset`), then the changes after it.
+    pub resnapshot: Option<Arc<Map<String, Value>>>,
 }
 
 pub struct Catchup {
     hub: Arc<Hub>,
     history: SharedReads,
+    snapshots: Arc<dyn SnapshotSource>,
+    /// Most rows in a snapshot (`limits.snapshot_rows`).
+    snapshot_rows: usize,
     /// Most changes one resume replays (`limits.replay_changes`); further behind is a gap.
     max_replay: u64,
 }
@@ -88,8 +96,14 @@ enum Replayed {
 }
 
 impl Catchup {
-    pub fn new(hub: Arc<Hub>, history: Arc<dyn HistorySource>, max_replay: u64) -> Catchup {
-        Catchup { hub, history: SharedReads::new(history), max_replay }
+    pub fn new(
+        hub: Arc<Hub>,
+        history: Arc<dyn HistorySource>,
+        max_replay: u64,
+        snapshots: Arc<dyn SnapshotSource>,
+        snapshot_rows: usize,
+    ) -> Catchup {
+        Catchup { hub, history: SharedReads::new(history), max_replay, snapshots, snapshot_rows }
     }
 
     /// Reserves the requestId and starts replaying. The caller may abort the task; the hub's
@@ -100,11 +114,14 @@ impl Catchup {
         Ok(tokio::spawn(async move { catchup.run(resume, ticket).await }).abort_handle())
     }
 
-    async fn run(&self, resume: Resume, ticket: Reservation) {
+    async fn run(&self, mut resume: Resume, ticket: Reservation) {
         let gap = match self.replay(&resume, ticket).await {
             Replayed::Live | Replayed::Gone => return,
             Replayed::Gap(gap) => gap,
         };
+        if let Some(where_) = resume.resnapshot.take() {
+            return self.resnapshot(resume, ticket, gap, &where_).await;
+        }
         // The hub queues the gap, at the exact position the subscription goes live at, under
         // its lock with the confirmation: the client refetches, then continues from there.
         let Resume { connection, request_id, subscription, outbox, .. } = resume;
@@ -113,12 +130,37 @@ impl Catchup {
         }
     }
 
+    /// The gap, then a fresh snapshot (`reset`), then the changes after it, as a snapshot
+    /// subscription starts; a second gap in a row (history lost again meanwhile) is only a gap.
+    async fn resnapshot(&self, resume: Resume, ticket: Reservation, gap: Gap, where_: &Map<String, Value>) {
+        let Resume { request_id, subscription, outbox, .. } = &resume;
+        let read = snapshot::take(&*self.snapshots, subscription, where_, request_id, self.snapshot_rows).await;
+        let read = match read {
+            Ok(read) => read,
+            Err(e) => {
+                self.hub.unsubscribe(resume.connection, request_id);
+                outbox.push(Outgoing::Refused { request_id: request_id.clone(), refusal: e.refusal() });
+                return;
+            }
+        };
+        let at = Position::new(read.epoch, read.head);
+        let (request_id, objects) = (request_id.clone(), read.objects);
+        let told = Outgoing::Gap { request_id: request_id.clone(), gap, position: at, snapshot: true };
+        if !outbox.send(told).await
+            || !outbox.send(Outgoing::Result { request_id, objects, reset: true }).await
+        {
+            return;
+        }
+        let resume = Resume { since: at, skip: read.skip, resnapshot: None, ..resume };
+        Box::pin(self.run(resume, ticket)).await
+    }
+
     /// Replays from `since` up to where the hub stands, joins the hub there holding live events
     /// back, replays what was published meanwhile, then releases the held events after it. Two
     /// reads whatever the write rate: the first may be long, the second covers only the time the
     /// first took.
     async fn replay(&self, resume: &Resume, ticket: Reservation) -> Replayed {
-        let Resume { connection, request_id, subscription, since, outbox, skip } = resume;
+        let Resume { connection, request_id, subscription, since, outbox, skip, .. } = resume;
         let mut cursor = since.offset;
         let must_reach = skip.last().copied().unwrap_or(cursor).max(cursor);
         let live = match self.reachable(*since, must_reach).await {

@@ -91,9 +91,10 @@ impl Framer {
                 reply_text(ids, &reply)
             }
             Outgoing::Refused { request_id, refusal } => refusal_text(&refusal, &request_id),
-            Outgoing::Gap { request_id, gap, position } => {
+            Outgoing::Gap { request_id, gap, position, snapshot } => {
                 let position = position.to_string();
-                let reply = Reply::Gap { request_id: &request_id, reason: gap.as_str(), position: &position };
+                let reason = gap.as_str();
+                let reply = Reply::Gap { request_id: &request_id, reason, position: &position, snapshot };
                 reply_text(ids, &reply)
             }
             Outgoing::Result { request_id, objects, .. } => {
@@ -344,7 +345,11 @@ impl ParseSession {
                 }
                 Err(refused) => Err(refused),
             },
-            _ => admission.start(self.connection, request_id.clone(), subscription, resume_from, &self.outbox),
+            _ => {
+                let resnapshot = snapshot.then(|| Arc::new(where_.clone()));
+                let outbox = &self.outbox;
+                admission.start(self.connection, request_id.clone(), subscription, resume_from, resnapshot, outbox)
+            }
         };
         match started {
             Ok(Started::Live(_)) => Ok(()),

@@ -17,7 +17,8 @@ use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::hub::Change;
+use crate::hub::{self, Change, Subscription};
+use crate::protocol::{code, Refusal, RequestId};
 
 /// A snapshot's rows, encoded as the objects a client receives, and where it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,33 @@ impl std::fmt::Display for SnapshotError {
             SnapshotError::Unavailable(why) => write!(f, "A snapshot cannot be taken now: {why}"),
         }
     }
+}
+
+impl SnapshotError {
+    /// What the client is told: 155 past the row limit, 124 past the timeout, 1 otherwise.
+    pub fn refusal(&self) -> Refusal {
+        let code = match self {
+            SnapshotError::TooManyRows { .. } => code::LIMIT_EXCEEDED,
+            SnapshotError::Timeout { .. } => code::TIMEOUT,
+            SnapshotError::Unavailable(_) => code::INTERNAL,
+        };
+        Refusal::new(code, self.to_string())
+    }
+}
+
+/// The current rows of an (authorized) subscription's query, as its events would carry them:
+/// matched, read access checked, projected, protected fields stripped.
+pub async fn take(
+    source: &dyn SnapshotSource,
+    subscription: &Subscription,
+    where_: &Map<String, Value>,
+    request_id: &RequestId,
+    limit: usize,
+) -> Result<SnapshotRead, SnapshotError> {
+    let encode = |change: &Change| {
+        hub::replay(subscription, request_id, change, Uuid::nil()).map(|delivery| delivery.payload.object.clone())
+    };
+    source.read(&subscription.class, where_, &encode, limit).await
 }
 
 /// Turns one candidate row (an insert of it, at the snapshot's position) into the object the

@@ -89,7 +89,8 @@ fn client(epoch: Uuid, live: i64, history: Changes) -> Client {
     hub.start_epoch(Position::new(epoch, live));
     let (outbox, rx) = Outbox::new(crate::hub::QueueBudget::frames(64));
     let connection = hub.register(outbox.clone(), Transport::WebSocket);
-    let catchup = Arc::new(Catchup::new(hub.clone(), Arc::new(history), MAX_REPLAY));
+    let rows = Arc::new(crate::testing::Rows { hub: hub.clone(), rows: Mutex::new(Vec::new()) });
+    let catchup = Arc::new(Catchup::new(hub.clone(), Arc::new(history), MAX_REPLAY, rows, 10));
     Client { hub, catchup, connection, outbox, rx }
 }
 
@@ -100,6 +101,7 @@ impl Client {
         subscription.positions = true;
         let resume = Resume {
             skip: Vec::new(),
+            resnapshot: None,
             connection: self.connection,
             request_id: RequestId::from(1),
             subscription,

@@ -419,7 +419,8 @@ impl Hub {
         }
         for group in state.shared.classes.values().flat_map(|c| c.groups.values()) {
             for ((_, request_id), member) in group.members.iter().filter(|(_, m)| m.positions) {
-                member.deliver(Outgoing::Gap { request_id: request_id.clone(), gap: Gap::Reset, position: at });
+                let (request_id, gap) = (request_id.clone(), Gap::Reset);
+                member.deliver(Outgoing::Gap { request_id, gap, position: at, snapshot: false });
             }
         }
     }
@@ -500,7 +501,7 @@ impl Hub {
         let confirm = held.is_none();
         state.shared.install((connection, request_id.clone()), subscription, outbox.clone(), held);
         if let Start::AfterGap(_, gap) = start {
-            outbox.push(Outgoing::Gap { request_id: request_id.clone(), gap, position: live });
+            outbox.push(Outgoing::Gap { request_id: request_id.clone(), gap, position: live, snapshot: false });
         }
         if confirm {
             outbox.push(Outgoing::Subscribed { request_id, position: live, positioned });
@@ -537,7 +538,8 @@ impl Hub {
             return Ok(held.live);
         }
         if let Some(gap) = gap {
-            outbox.push(Outgoing::Gap { request_id: request_id.clone(), gap, position: held.live });
+            let request_id = request_id.clone();
+            outbox.push(Outgoing::Gap { request_id, gap, position: held.live, snapshot: false });
         }
         let positioned = member.positions;
         outbox.push(Outgoing::Subscribed { request_id: request_id.clone(), position: held.live, positioned });

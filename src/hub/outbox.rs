@@ -26,8 +26,9 @@ pub enum Outgoing {
     /// A data event for one subscription; the transport frames it.
     Event(Delivery),
     /// A subscription's history has a hole: the client must refetch, then continues live from
-    /// `position`.
-    Gap { request_id: RequestId, gap: Gap, position: Position },
+    /// `position`. `snapshot`: the refetch follows (a `Result` with `reset`), and the client
+    /// resumes from the `subscribed` after it, not from here.
+    Gap { request_id: RequestId, gap: Gap, position: Position, snapshot: bool },
     /// The current rows of a subscription's query, encoded (a snapshot, or Parse's `query`).
     /// `reset`: it follows a gap, and replaces what the client had.
     Result { request_id: RequestId, objects: Vec<String>, reset: bool },

@@ -22,6 +22,8 @@ pub enum Reply<'a> {
         request_id: &'a RequestId,
         reason: &'a str,
         position: &'a str,
+        /// A fresh snapshot (`result`) follows.
+        snapshot: bool,
     },
 }
 
@@ -91,12 +93,15 @@ pub fn encode_reply(reply: &Reply<'_>, client_id: &str, installation_id: Option<
             head(&mut out, "unsubscribed", client_id, installation_id);
             push_request_id(&mut out, id);
         }
-        Reply::Gap { request_id, reason, position } => {
+        Reply::Gap { request_id, reason, position, snapshot } => {
             head(&mut out, "gap", client_id, installation_id);
             push_request_id(&mut out, request_id);
             out.push_str(",\"reason\":");
             push_str(&mut out, reason);
             push_position(&mut out, position);
+            if *snapshot {
+                out.push_str(",\"snapshot\":true");
+            }
         }
     }
     out.push('}');
@@ -200,7 +205,7 @@ mod tests {
             r#"{"op":"subscribed","clientId":"c1","requestId":3,"position":"5-ab"}"#
         );
         assert_eq!(
-            encode_reply(&Reply::Gap { request_id: &id, reason: "expired", position: "9-ab" }, "c1", None),
+            encode_reply(&Reply::Gap { request_id: &id, reason: "expired", position: "9-ab", snapshot: false }, "c1", None),
             r#"{"op":"gap","clientId":"c1","requestId":3,"reason":"expired","position":"9-ab"}"#
         );
     }

@@ -87,14 +87,15 @@ impl SnapshotSource for Rows {
 /// The subscribe pipeline over `hub`, with `tokens`, class `rules`, default query limits and a
 /// snapshot of `rows` (at most 3).
 pub fn admission_with(hub: &Arc<Hub>, tokens: Arc<TokenTable>, rules: ClassRules, rows: Vec<Change>) -> Arc<Admission> {
-    let catchup = Arc::new(Catchup::new(hub.clone(), Arc::new(QuietHistory(hub.clone())), u64::MAX));
+    let snapshots = Arc::new(Rows { hub: hub.clone(), rows: Mutex::new(rows) });
+    let history = Arc::new(QuietHistory(hub.clone()));
+    let catchup = Arc::new(Catchup::new(hub.clone(), history, u64::MAX, snapshots.clone(), 3));
     let limits = AdmissionLimits {
         query: QueryLimits::default(),
         field_list: 8,
         revalidate_every: Duration::from_secs(5),
         snapshot_rows: 3,
     };
-    let snapshots = Arc::new(Rows { hub: hub.clone(), rows: Mutex::new(rows) });
     Arc::new(Admission::new(hub.clone(), catchup, tokens, Arc::new(rules), snapshots, limits))
 }
 

@@ -208,6 +208,8 @@ struct Admitted {
     where_: Map<String, Value>,
     /// The rows to send first (`snapshot=true` on a stream that does not resume).
     snapshot: bool,
+    /// `snapshot=true`: also after a gap, when the stream resumes from a lost position.
+    wants_snapshot: bool,
     since: Option<Position>,
     /// The token the identity came from, re-checked while streaming.
     token: Option<Arc<str>>,
@@ -254,7 +256,8 @@ async fn admit(req: &HttpRequest, class: &str, settings: &SseSettings) -> Result
         admission.compile(SubscribeRequest { class, where_: &where_, keys, watch, positions: true })?;
     fields?;
     let since = Admission::since(params.since(header(req, "last-event-id")))?;
-    let snapshot = params.snapshot()? && since.is_none();
+    let wants_snapshot = params.snapshot()?;
+    let snapshot = wants_snapshot && since.is_none();
     let token = token(req, &settings.config.token_cookie).or(params.session_token);
     let mut identity = match &token {
         None => Identity::default(),
@@ -262,7 +265,7 @@ async fn admit(req: &HttpRequest, class: &str, settings: &SseSettings) -> Result
     };
     identity.master = is_master(req, settings.master_key.as_deref());
     admission.authorize(&mut subscription, &where_, identity)?;
-    Ok(Admitted { subscription, where_, snapshot, since, token: token.map(Into::into) })
+    Ok(Admitted { subscription, where_, snapshot, wants_snapshot, since, token: token.map(Into::into) })
 }
 
 /// A token from `Authorization: Bearer`, else from the token cookie.
@@ -299,7 +302,8 @@ fn stream(
     peer: Peer,
     socket: Option<tokio::net::TcpStream>,
 ) -> HttpResponse {
-    let Admitted { subscription, since, token, .. } = admitted;
+    let Admitted { subscription, since, token, where_, wants_snapshot, .. } = admitted;
+    let resnapshot = wants_snapshot.then(|| Arc::new(where_));
     let identity = subscription.identity.clone();
     let admission = settings.admission.clone();
     let (outbox, queue) = Outbox::new(settings.send_queue.clone());
@@ -322,7 +326,7 @@ fn stream(
             outbox.push(Outgoing::Result { request_id: request_id(), objects, reset: false });
             admission.start_after(connection, request_id(), subscription, &read, &outbox)
         }
-        None => admission.start(connection, request_id(), subscription, since, &outbox),
+        None => admission.start(connection, request_id(), subscription, since, resnapshot, &outbox),
     };
     match started {
         Ok(Started::Live(_)) => {}
@@ -657,11 +661,13 @@ impl Stream {
                 self.live = true;
                 self.last_id = Some(position.to_string());
             }
-            Outgoing::Gap { gap, position, .. } => {
+            Outgoing::Gap { gap, position, snapshot, .. } => {
                 metrics.gap(Transport::Sse, *gap);
                 let connection = self.registration.connection;
                 tracing::info!(transport = "sse", connection, reason = gap.as_str(), "gap announced");
-                self.last_id = Some(position.to_string());
+                if !*snapshot {
+                    self.last_id = Some(position.to_string());
+                }
             }
             Outgoing::Refused { refusal, .. } => metrics.refused(refusal.code),
             Outgoing::Text(_) | Outgoing::Result { .. } => {}
@@ -701,9 +707,17 @@ fn frame(item: Outgoing, snapshot_chunk: usize) -> String {
             format!("event: subscribed\nid: {position}\ndata: {{\"position\":\"{position}\"}}\n\n")
         }
         Outgoing::Refused { refusal, .. } => frame_error(refusal.code, &refusal.message),
-        Outgoing::Gap { gap, position, .. } => {
+        // A gap moves the browser's Last-Event-ID to where the stream continues, unless a
+        // snapshot follows: then only the `subscribed` after it does.
+        Outgoing::Gap { gap, position, snapshot: false, .. } => {
             format!(
                 "event: gap\nid: {position}\ndata: {{\"reason\":\"{}\",\"position\":\"{position}\"}}\n\n",
+                gap.as_str()
+            )
+        }
+        Outgoing::Gap { gap, position, snapshot: true, .. } => {
+            format!(
+                "event: gap\ndata: {{\"reason\":\"{}\",\"position\":\"{position}\",\"snapshot\":true}}\n\n",
                 gap.as_str()
             )
         }

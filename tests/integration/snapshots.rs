@@ -248,3 +248,62 @@ async fn a_snapshot_that_cannot_finish_in_time_is_refused_with_124() {
     assert!(refused["error"].as_str().unwrap().contains("limits.snapshot_timeout_ms (300 ms)"), "{refused}");
     locker.rollback().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_position_gets_the_gap_then_a_fresh_snapshot_on_both_transports() {
+    let app = TestApp::spawn_with(|c| c.limits.replay_changes = 3).await;
+    app.db.execute("insert into messages (room, n) select 'gap', i from generate_series(1, 10) i").await;
+    app.wait_until_published().await;
+    let epoch: String = sqlx::query_scalar("select replace(epoch::text, '-', '') from livegate.stream")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    // Ten changes behind, with replays limited to three: the position cannot be honoured.
+    let old = format!("0-{epoch}");
+    let mut sse = SseClient::get(
+        app.port,
+        &format!("/events/messages?snapshot=true&where={}", encode(r#"{"room":"gap"}"#)),
+        &[("Last-Event-ID", old.as_str())],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    let gap = sse.expect("gap").await;
+    assert_eq!((gap.json()["reason"].as_str(), gap.json()["snapshot"].as_bool()), (Some("expired"), Some(true)));
+    assert!(gap.id.is_none(), "a gap a snapshot follows does not move Last-Event-ID");
+    let snapshot = sse.expect("snapshot").await;
+    assert_eq!(snapshot.json()["reset"], true);
+    assert_eq!(snapshot.json()["objects"].as_array().map(Vec::len), Some(10));
+    let subscribed = sse.expect("subscribed").await;
+    app.db.execute("insert into messages (room, n) values ('gap', 11)").await;
+    let create = sse.expect("create").await;
+    let offset = |id: String| id.split('-').next().unwrap().parse::<i64>().unwrap();
+    assert_eq!(offset(create.id()), offset(subscribed.id()) + 1, "live from the snapshot's position");
+
+    let mut ws = app.client().await;
+    ws.connect_parse().await;
+    let other_epoch = format!("0-{}", uuid::Uuid::new_v4().simple());
+    ws.send(json!({"op": "subscribe", "requestId": 1, "since": other_epoch, "snapshot": true,
+        "query": {"className": "messages", "where": {"room": "gap"}}}))
+        .await;
+    let gap = ws.recv().await;
+    assert_eq!((gap["op"].as_str(), gap["reason"].as_str(), gap["snapshot"].as_bool()), (Some("gap"), Some("reset"), Some(true)), "{gap}");
+    let result = ws.recv().await;
+    assert_eq!(result["op"], "result", "{result}");
+    assert_eq!(result["results"].as_array().map(Vec::len), Some(11));
+    let subscribed = ws.recv().await;
+    assert_eq!(subscribed["op"], "subscribed");
+    assert!(subscribed["position"].is_string());
+    // A position that can be honoured replays, with no snapshot.
+    let mut resumed = app.client().await;
+    resumed.connect_parse().await;
+    resumed
+        .send(json!({"op": "subscribe", "requestId": 1, "since": subscribed["position"], "snapshot": true,
+            "query": {"className": "messages", "where": {"room": "gap"}}}))
+        .await;
+    app.db.execute("insert into messages (room, n) values ('gap', 12)").await;
+    let mut ops = Vec::new();
+    while ops.len() < 2 {
+        ops.push(resumed.recv().await["op"].as_str().unwrap().to_string());
+    }
+    assert!(!ops.contains(&"result".to_string()), "{ops:?}");
+}
