@@ -111,7 +111,7 @@ fn hub(subscriptions: usize, indexed: bool, deliveries: bool) {
             acl: None,
         };
         let change =
-            Change { pos: i as i64, class: "Message".into(), kind: ChangeKind::Insert, old: None, new: Some(image) };
+            Change { pos: i as i64, class: "Message".into(), kind: ChangeKind::Insert, old: None, new: Some(image), captured_us: 0 };
         let start = Instant::now();
         hub.publish(&change);
         busy += start.elapsed();
@@ -159,7 +159,7 @@ fn authorization(label: &str, acl: Option<Value>) {
             acl: acl.clone(),
         };
         let change =
-            Change { pos: i as i64, class: "Message".into(), kind: ChangeKind::Insert, old: None, new: Some(image) };
+            Change { pos: i as i64, class: "Message".into(), kind: ChangeKind::Insert, old: None, new: Some(image), captured_us: 0 };
         let start = Instant::now();
         hub.publish(&change);
         busy += start.elapsed();

@@ -99,6 +99,7 @@ fn inject(hub: &Arc<Hub>, n: usize) {
             kind: ChangeKind::Insert,
             old: None,
             new: Some(RowImage { object, acl: None }),
+            captured_us: 0,
         });
     }
 }

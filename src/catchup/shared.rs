@@ -157,7 +157,7 @@ mod tests {
 
     fn change(pos: i64) -> Change {
         let object = json!({"objectId": pos.to_string()}).as_object().cloned().unwrap();
-        Change { pos, class: "Msg".into(), kind: ChangeKind::Insert, old: None, new: Some(RowImage { object, acl: None }) }
+        Change { pos, class: "Msg".into(), kind: ChangeKind::Insert, old: None, new: Some(RowImage { object, acl: None }), captured_us: 0 }
     }
 
     fn positions(batch: &HistoryBatch) -> Vec<i64> {

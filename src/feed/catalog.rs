@@ -95,7 +95,8 @@ impl Catalog {
 }
 
 /// The columns [`Catalog::change`] reads, in a change-table query.
-pub const CHANGE_COLUMNS: &str = "pos, table_schema, table_name, op, old_row, new_row";
+pub const CHANGE_COLUMNS: &str = "pos, table_schema, table_name, op, old_row, new_row, \
+     (extract(epoch from captured_at) * 1000000)::int8 as captured_us";
 
 impl Catalog {
     /// Turns one change-table row (selected with `CHANGE_COLUMNS`) into a [`Change`].
@@ -106,6 +107,7 @@ impl Catalog {
         let op: String = row.try_get("op")?;
         let old: Option<Value> = row.try_get("old_row")?;
         let new: Option<Value> = row.try_get("new_row")?;
+        let captured_us: i64 = row.try_get("captured_us")?;
         let kind = match op.as_str() {
             "INSERT" => ChangeKind::Insert,
             "UPDATE" => ChangeKind::Update,
@@ -119,6 +121,7 @@ impl Catalog {
             kind,
             old: old.map(|row| to_parse_object(&info, row)),
             new: new.map(|row| to_parse_object(&info, row)),
+            captured_us,
         })
     }
 }

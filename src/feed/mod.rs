@@ -459,8 +459,7 @@ impl Reader {
             }
         }
         let rows = sqlx::query(&format!(
-            "select {CHANGE_COLUMNS}, (extract(epoch from captured_at) * 1000000)::int8 as captured_us \
-             from livegate.changes where pos > $1 and pos <= $2 order by pos limit $3"
+            "select {CHANGE_COLUMNS} from livegate.changes where pos > $1 and pos <= $2 order by pos limit $3"
         ))
         .bind(self.cursor)
         .bind(stream.head)
@@ -469,11 +468,10 @@ impl Reader {
         .await?;
         let count = rows.len();
         for row in rows {
-            let captured_us: i64 = row.try_get("captured_us")?;
-            self.status.oldest_unpublished_us.store(captured_us, Ordering::Release);
             let change = self.catalog.change(&self.pool, &row).await?;
+            self.status.oldest_unpublished_us.store(change.captured_us, Ordering::Release);
             self.hub.publish(&change);
-            self.metrics.published((now_us() - captured_us) as f64 / 1e6);
+            self.metrics.published((now_us() - change.captured_us) as f64 / 1e6);
             self.advance_to(change.pos);
         }
         Ok(count)

@@ -105,7 +105,7 @@ impl Snapshots {
             while let Some(row) = rows.try_next().await.map_err(|e| self.error(e))? {
                 let Value::Object(row) = row.try_get::<Value, _>("row").map_err(|e| self.error(e))? else { continue };
                 let image = to_parse_object(info, row);
-                let change = Change { pos: head, class: info.class.clone(), kind: ChangeKind::Insert, old: None, new: Some(image) };
+                let change = Change { pos: head, class: info.class.clone(), kind: ChangeKind::Insert, old: None, new: Some(image), captured_us: 0 };
                 if let Some(object) = encode(&change) {
                     if objects.len() >= limit {
                         return Err(SnapshotError::TooManyRows { limit });

@@ -52,6 +52,8 @@ pub struct Change {
     pub kind: ChangeKind,
     pub old: Option<RowImage>,
     pub new: Option<RowImage>,
+    /// When PostgreSQL captured it, in µs since the Unix epoch (0: unknown, e.g. a snapshot row).
+    pub captured_us: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

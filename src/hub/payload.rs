@@ -21,6 +21,8 @@ pub struct Payload {
     pub position: Position,
     pub object: String,
     pub original: Option<String>,
+    /// The change's capture time, ISO-8601 (SSE's `timestamp`).
+    pub timestamp: Option<Arc<str>>,
 }
 
 /// Fields every projection keeps (Parse's `_toJSONWithFields`).
@@ -66,13 +68,18 @@ const LISTED: usize = 8;
 pub(super) struct PayloadCache<'a> {
     change: &'a Change,
     position: Position,
+    timestamp: Option<Arc<str>>,
     listed: Vec<(CacheKey, Arc<Payload>)>,
     hashed: HashMap<CacheKey, Arc<Payload>>,
 }
 
 impl<'a> PayloadCache<'a> {
     pub(super) fn new(change: &'a Change, position: Position) -> Self {
-        PayloadCache { change, position, listed: Vec::new(), hashed: HashMap::new() }
+        let timestamp = (change.captured_us > 0)
+            .then(|| crate::value::format_instant(change.captured_us / 1000))
+            .flatten()
+            .map(Arc::from);
+        PayloadCache { change, position, timestamp, listed: Vec::new(), hashed: HashMap::new() }
     }
 
     fn cached(&self, key: &CacheKey) -> Option<&Arc<Payload>> {
@@ -105,6 +112,7 @@ impl<'a> PayloadCache<'a> {
             position: self.position,
             object: object.map(|o| encode(&o.object, keys, hidden)).unwrap_or_else(|| "{}".into()),
             original: original.map(|o| encode(&o.object, keys, hidden)),
+            timestamp: self.timestamp.clone(),
         });
         // The key's addresses stay valid: the lists outlive this change's fan-out.
         self.keep(key, payload.clone());

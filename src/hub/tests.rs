@@ -18,7 +18,7 @@ fn image(v: Value) -> Option<RowImage> {
 }
 
 fn change(kind: ChangeKind, old: Option<RowImage>, new: Option<RowImage>) -> Change {
-    Change { pos: 7, class: "Msg".into(), kind, old, new }
+    Change { pos: 7, class: "Msg".into(), kind, old, new, captured_us: 0 }
 }
 
 fn connect(hub: &Hub, capacity: usize) -> (ConnectionId, crate::hub::Queue) {

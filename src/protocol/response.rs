@@ -38,6 +38,8 @@ pub enum EventOp {
 }
 
 impl EventOp {
+    pub const ALL: [EventOp; 5] = [EventOp::Create, EventOp::Enter, EventOp::Update, EventOp::Leave, EventOp::Delete];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventOp::Create => "create",

@@ -42,7 +42,7 @@ use crate::auth::{constant_time_eq, Identity, TokenError};
 use crate::hub::{CloseCause, ConnectionId, Delivery, Hub, Outbox, Outgoing, Queue, QueueBudget, Subscription};
 use crate::snapshot::{SnapshotError, SnapshotRead};
 use crate::position::Position;
-use crate::protocol::{code, Refusal, RequestId};
+use crate::protocol::{code, EventOp, Refusal, RequestId};
 use crate::quota::{Gate, Permit};
 use crate::telemetry::metrics::Tally;
 use crate::telemetry::{Disconnect, Metrics, Transport};
@@ -93,6 +93,10 @@ struct Params {
     session_token: Option<String>,
     /// `true`: the current rows first (`event: snapshot`), unless the stream resumes.
     snapshot: Option<String>,
+    /// The events to send, e.g. `create,update` (all when absent).
+    ops: Option<String>,
+    /// `true`: an `update` carries `changes`, the fields whose value differs from `original`.
+    changes: Option<String>,
 }
 
 impl Params {
@@ -120,11 +124,25 @@ impl Params {
     }
 
     fn snapshot(&self) -> Result<bool, Rejection> {
-        match self.snapshot.as_deref() {
-            None | Some("false") | Some("0") => Ok(false),
-            Some("true") | Some("1") | Some("") => Ok(true),
-            Some(other) => Err(Rejection::bad_request(code::SCHEMA, format!("snapshot must be true or false, not {other:?}"))),
-        }
+        flag("snapshot", self.snapshot.as_deref())
+    }
+
+    /// What the stream sends: which events, and whether updates carry `changes`.
+    fn framing(&self, snapshot_chunk: usize) -> Result<Framing, Rejection> {
+        let ops = match self.ops.as_deref() {
+            None => EventOp::ALL.to_vec(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .map(|name| {
+                    EventOp::ALL.into_iter().find(|op| op.as_str() == name).ok_or_else(|| {
+                        let message = format!("ops: {name:?} is not one of create, enter, update, leave, delete");
+                        Rejection::bad_request(code::SCHEMA, message)
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Framing { ops, changes: flag("changes", self.changes.as_deref())?, snapshot_chunk })
     }
 
     /// Where to resume from: a browser's own `Last-Event-ID` wins over the `since` parameter.
@@ -135,6 +153,26 @@ impl Params {
 
 /// `keys` and `watch`.
 type Fields = (Option<Vec<String>>, Option<Vec<String>>);
+
+/// A boolean parameter: `true`/`1`/empty, or `false`/`0`.
+fn flag(name: &str, value: Option<&str>) -> Result<bool, Rejection> {
+    match value {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(Rejection::bad_request(code::SCHEMA, format!("{name} must be true or false, not {other:?}"))),
+    }
+}
+
+/// How a stream frames what it sends.
+#[derive(Debug, Clone, PartialEq)]
+struct Framing {
+    /// The events it sends.
+    ops: Vec<EventOp>,
+    /// Updates carry `changes`.
+    changes: bool,
+    /// Most objects per `event: snapshot`.
+    snapshot_chunk: usize,
+}
 
 /// `a,b,c` → field names; empty items and repeats are refused, as the WebSocket schema does.
 fn field_list(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, Rejection> {
@@ -210,6 +248,7 @@ struct Admitted {
     snapshot: bool,
     /// `snapshot=true`: also after a gap, when the stream resumes from a lost position.
     wants_snapshot: bool,
+    framing: Framing,
     since: Option<Position>,
     /// The token the identity came from, re-checked while streaming.
     token: Option<Arc<str>>,
@@ -257,6 +296,7 @@ async fn admit(req: &HttpRequest, class: &str, settings: &SseSettings) -> Result
     fields?;
     let since = Admission::since(params.since(header(req, "last-event-id")))?;
     let wants_snapshot = params.snapshot()?;
+    let framing = params.framing(settings.config.snapshot_chunk)?;
     let snapshot = wants_snapshot && since.is_none();
     let token = token(req, &settings.config.token_cookie).or(params.session_token);
     let mut identity = match &token {
@@ -265,7 +305,7 @@ async fn admit(req: &HttpRequest, class: &str, settings: &SseSettings) -> Result
     };
     identity.master = is_master(req, settings.master_key.as_deref());
     admission.authorize(&mut subscription, &where_, identity)?;
-    Ok(Admitted { subscription, where_, snapshot, wants_snapshot, since, token: token.map(Into::into) })
+    Ok(Admitted { subscription, where_, snapshot, wants_snapshot, framing, since, token: token.map(Into::into) })
 }
 
 /// A token from `Authorization: Bearer`, else from the token cookie.
@@ -302,7 +342,7 @@ fn stream(
     peer: Peer,
     socket: Option<tokio::net::TcpStream>,
 ) -> HttpResponse {
-    let Admitted { subscription, since, token, where_, wants_snapshot, .. } = admitted;
+    let Admitted { subscription, since, token, where_, wants_snapshot, framing, .. } = admitted;
     let resnapshot = wants_snapshot.then(|| Arc::new(where_));
     let identity = subscription.identity.clone();
     let admission = settings.admission.clone();
@@ -345,7 +385,7 @@ fn stream(
     watch(registration.clone(), outbox.clone(), queue.clone(), socket);
     let every = admission.revalidate_every;
     let check = token.map(|token| TokenCheck { admission, token, identity, every, last: Instant::now() });
-    let state = Stream::new(&settings.config, queue, outbox, check, registration);
+    let state = Stream::new(&settings.config, framing, queue, outbox, check, registration);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache, no-transform"))
@@ -488,7 +528,7 @@ struct Stream {
     live: bool,
     /// The `id:` of the last event sent, where a browser resumes from.
     last_id: Option<String>,
-    snapshot_chunk: usize,
+    framing: Framing,
     tally: Tally,
 }
 
@@ -519,6 +559,7 @@ impl TokenCheck {
 impl Stream {
     fn new(
         config: &SseConfig,
+        framing: Framing,
         queue: Arc<tokio::sync::Mutex<Queue>>,
         outbox: Outbox,
         check: Option<TokenCheck>,
@@ -539,7 +580,7 @@ impl Stream {
             live: false,
             last_id: None,
             tally: Tally::default(),
-            snapshot_chunk: config.snapshot_chunk,
+            framing,
         }
     }
 
@@ -560,6 +601,7 @@ impl Stream {
                     self.closing(&mut queue)?
                 }
                 item = queue.recv() => match item {
+                    Some(Outgoing::Event(d)) if !self.framing.ops.contains(&d.op) => continue,
                     Some(item) => self.render(item),
                     None => return None,
                 },
@@ -672,7 +714,7 @@ impl Stream {
             Outgoing::Refused { refusal, .. } => metrics.refused(refusal.code),
             Outgoing::Text(_) | Outgoing::Result { .. } => {}
         }
-        frame(item, self.snapshot_chunk)
+        frame(item, &self.framing)
     }
 }
 
@@ -698,11 +740,11 @@ fn frame_snapshot(objects: &[String], reset: bool, chunk: usize) -> String {
     out
 }
 
-fn frame(item: Outgoing, snapshot_chunk: usize) -> String {
+fn frame(item: Outgoing, framing: &Framing) -> String {
     match item {
-        Outgoing::Result { objects, reset, .. } => frame_snapshot(&objects, reset, snapshot_chunk),
+        Outgoing::Result { objects, reset, .. } => frame_snapshot(&objects, reset, framing.snapshot_chunk),
         Outgoing::Text(text) => text,
-        Outgoing::Event(delivery) => frame_event(&delivery),
+        Outgoing::Event(delivery) => frame_event(&delivery, framing.changes),
         Outgoing::Subscribed { position, .. } => {
             format!("event: subscribed\nid: {position}\ndata: {{\"position\":\"{position}\"}}\n\n")
         }
@@ -724,8 +766,8 @@ fn frame(item: Outgoing, snapshot_chunk: usize) -> String {
     }
 }
 
-fn frame_event(Delivery { op, payload, .. }: &Delivery) -> String {
-    let mut out = String::with_capacity(64 + payload.object.len() + payload.original.as_ref().map_or(0, String::len));
+fn frame_event(Delivery { op, payload, .. }: &Delivery, changes: bool) -> String {
+    let mut out = String::with_capacity(96 + payload.object.len() + payload.original.as_ref().map_or(0, String::len));
     out.push_str("event: ");
     out.push_str(op.as_str());
     out.push_str("\nid: ");
@@ -735,9 +777,31 @@ fn frame_event(Delivery { op, payload, .. }: &Delivery) -> String {
     if let Some(original) = &payload.original {
         out.push_str(",\"original\":");
         out.push_str(original);
+        if changes && *op == EventOp::Update {
+            out.push_str(",\"changes\":");
+            out.push_str(&changed_fields(&payload.object, original));
+        }
+    }
+    if let Some(timestamp) = &payload.timestamp {
+        out.push_str(",\"timestamp\":\"");
+        out.push_str(timestamp);
+        out.push('"');
     }
     out.push_str("}\n\n");
     out
+}
+
+/// The fields whose value differs between two encoded objects (present in one only included),
+/// as a JSON array in the object's field order.
+fn changed_fields(object: &str, original: &str) -> String {
+    let parse = |text: &str| serde_json::from_str::<Map<String, Value>>(text).unwrap_or_default();
+    let (object, original) = (parse(object), parse(original));
+    let changed = object
+        .iter()
+        .filter(|(k, v)| original.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .chain(original.keys().filter(|k| !object.contains_key(*k)));
+    Value::Array(changed.map(|k| Value::String(k.clone())).collect()).to_string()
 }
 
 fn frame_error(code: i64, message: &str) -> String {

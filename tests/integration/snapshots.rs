@@ -307,3 +307,29 @@ async fn a_lost_position_gets_the_gap_then_a_fresh_snapshot_on_both_transports()
     }
     assert!(!ops.contains(&"result".to_string()), "{ops:?}");
 }
+
+#[tokio::test]
+async fn sse_streams_filter_ops_and_carry_timestamps_and_changes() {
+    let app = TestApp::spawn().await;
+    let where_ = encode(r#"{"room":"seed"}"#);
+    let mut filtered = SseClient::get(app.port, &format!("/events/messages?ops=create,delete&where={where_}"), &[]).await;
+    let mut changes = SseClient::get(app.port, &format!("/events/messages?changes=true&where={where_}"), &[]).await;
+    filtered.expect("subscribed").await;
+    changes.expect("subscribed").await;
+    app.db.execute("insert into messages (room, body, n) values ('seed', 'a', 1)").await;
+    app.db.execute("update messages set body = 'b' where room = 'seed'").await;
+    app.db.execute("delete from messages where room = 'seed'").await;
+    let create = filtered.next_event().await;
+    assert_eq!(create.name(), "create");
+    let timestamp = create.json()["timestamp"].as_str().unwrap().to_string();
+    assert!(timestamp.ends_with('Z') && timestamp.len() == 24, "ISO-8601 capture time: {timestamp}");
+    assert_eq!(filtered.next_event().await.name(), "delete", "the update is not sent");
+    assert_eq!(changes.expect("create").await.json().get("changes"), None);
+    let update = changes.expect("update").await;
+    assert_eq!(update.json()["changes"], json!(["body"]), "{:?}", update.data);
+    assert!(update.json()["timestamp"].is_string());
+    let path = format!("/events/messages?ops=create,moved&where={where_}");
+    let mut bad = SseClient::get(app.port, &path, &[]).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json_body().await["error"].as_str().unwrap().contains("\"moved\""));
+}
