@@ -216,7 +216,7 @@ async fn start_up_creates_the_database_and_reports_bad_tables() {
 
 /// A gateway that reaches its database through a [`Proxy`] the test can cut; writers reach the
 /// database directly.
-async fn behind_proxy() -> (TestApp, Proxy) {
+pub async fn behind_proxy() -> (TestApp, Proxy) {
     let db = TestDb::create().await;
     db.execute(crate::support::MESSAGES).await;
     let upstream = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url).unwrap().get_port();

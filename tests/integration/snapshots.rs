@@ -333,3 +333,37 @@ async fn sse_streams_filter_ops_and_carry_timestamps_and_changes() {
     assert_eq!(bad.status, 400);
     assert!(bad.json_body().await["error"].as_str().unwrap().contains("\"moved\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_while_the_database_is_away_is_an_error_not_a_hang() {
+    let (app, proxy) = crate::feed::behind_proxy().await;
+    let mut ws = app.client().await;
+    ws.connect_parse().await;
+    proxy.cut();
+    let asked = std::time::Instant::now();
+    ws.send(json!({"op": "subscribe", "requestId": 1, "snapshot": true,
+        "query": {"className": "messages", "where": {}}}))
+        .await;
+    let refused = ws.recv().await;
+    assert_eq!((refused["op"].as_str(), refused["code"].as_i64()), (Some("error"), Some(1)), "{refused}");
+    assert!(refused["error"].as_str().unwrap().starts_with("A snapshot cannot be taken now"), "{refused}");
+    assert!(asked.elapsed() < Duration::from_secs(8), "answered within the connect timeout: {:?}", asked.elapsed());
+    proxy.restore();
+    ws.send(json!({"op": "subscribe", "requestId": 2, "snapshot": true,
+        "query": {"className": "messages", "where": {}}}))
+        .await;
+    let mut frame = ws.recv().await;
+    for _ in 0..20 {
+        if frame["op"] == "result" {
+            break;
+        }
+        // The pool may still hand out a connection the cut broke: the client is told, retries.
+        assert_eq!(frame["code"], 1, "{frame}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ws.send(json!({"op": "subscribe", "requestId": 2, "snapshot": true,
+            "query": {"className": "messages", "where": {}}}))
+            .await;
+        frame = ws.recv().await;
+    }
+    assert_eq!(frame["op"], "result", "snapshots work again once the database is back: {frame}");
+}
