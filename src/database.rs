@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "capture", include_str!("../migrations/0001_capture.sql")),
     (2, "history", include_str!("../migrations/0002_history.sql")),
     (3, "identity", include_str!("../migrations/0003_identity.sql")),
+    (4, "watch_lock", include_str!("../migrations/0004_watch_lock.sql")),
 ];
 
 /// Arbitrary constant shared by every livegate process: key of the migration advisory lock.

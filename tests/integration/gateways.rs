@@ -214,3 +214,26 @@ async fn three_gateways_one_database_no_change_lost_or_repeated() {
         gateway.kill().await;
     }
 }
+
+/// Four gateways started at the same moment, each re-installing the triggers of `messages`:
+/// every one starts (watching is serialised in the database) and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_started_together_all_start() {
+    let db = TestDb::create().await;
+    db.execute(MESSAGES).await;
+    // Migrated once first, as a deployment would; the race is in watching.
+    let first = GatewayProcess::start(&db.url, free_port()).await;
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let started = futures_util::future::join_all(ports.iter().map(|port| GatewayProcess::start(&db.url, *port))).await;
+    for port in &ports {
+        let mut stream = SseClient::get(*port, "/events/messages", &[]).await;
+        assert_eq!(stream.status, 200);
+        stream.expect("subscribed").await;
+        db.execute(&format!("insert into messages (n) values ({port})")).await;
+        assert_eq!(stream.expect("create").await.json()["object"]["n"], i64::from(*port));
+    }
+    for gateway in started {
+        gateway.kill().await;
+    }
+    first.kill().await;
+}
