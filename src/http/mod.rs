@@ -67,6 +67,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/{any:.*}", web::get().guard(guard::fn_guard(|ctx| is_upgrade(ctx.head()))).to(ws::upgrade))
         .route("/events/{class}", web::get().to(sse::events))
         .route("/", web::get().to(demo_page))
+        .route("/livegate.js", web::get().to(client_module))
         .route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics))
@@ -208,6 +209,14 @@ async fn metrics(req: HttpRequest, state: web::Data<Status>) -> HttpResponse {
 /// A live view of one query over SSE (static/index.html, compiled in): a working example to copy.
 async fn demo_page() -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("../../static/index.html"))
+}
+
+/// The browser client (static/livegate.js, compiled in): an ES module that keeps a live list.
+async fn client_module() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("cache-control", "no-cache"))
+        .body(include_str!("../../static/livegate.js"))
 }
 
 async fn not_found() -> HttpResponse {

@@ -477,12 +477,13 @@ impl ScriptedEvents {
             }
         }
         if !path.starts_with("/events/") {
-            let (status, body) = match path.split('?').next() {
-                Some("/") => ("200 OK", include_str!("../../static/index.html")),
-                _ => ("404 Not Found", ""),
+            let (status, kind, body) = match path.split('?').next() {
+                Some("/") => ("200 OK", "text/html", include_str!("../../static/index.html")),
+                Some("/livegate.js") => ("200 OK", "text/javascript", include_str!("../../static/livegate.js")),
+                _ => ("404 Not Found", "text/plain", ""),
             };
             let length = body.len();
-            let head = format!("HTTP/1.1 {status}\r\nContent-Type: text/html\r\nContent-Length: {length}\r\n\r\n");
+            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n\r\n");
             let _ = write.write_all(format!("{head}{body}").as_bytes()).await;
             return;
         }
@@ -554,7 +555,7 @@ data: {"object":{"objectId":"1","body":"edited"}}
     assert_eq!(rows, json!(["delete", "error", "update", "create"]), "newest on top");
 
     let requests = server.requests.lock().unwrap().clone();
-    let subscribe = "/events/messages?where=%7B%22room%22%3A%22lobby%22%7D&keys=body".to_string();
+    let subscribe = "/events/messages?snapshot=true&where=%7B%22room%22%3A%22lobby%22%7D&keys=body".to_string();
     assert_eq!(requests, [(subscribe.clone(), None), (subscribe, Some("11".into()))]);
 }
 
@@ -574,7 +575,7 @@ async fn demo_page_shows_why_a_stream_was_refused() {
     assert_eq!(page.eval("[livegate.opens, livegate.errors, livegate.events.length]").await.unwrap(), json!([0, 1, 0]));
     let requests = server.requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 2, "the stream, then the page asking why: {requests:?}");
-    assert_eq!(requests[0].0, "/events/messages?where=nonsense");
+    assert_eq!(requests[0].0, "/events/messages?snapshot=true&where=%22nonsense%22");
 }
 
 /// The real thing: the demo page served by the gateway, a plain EventSource, live events, then
@@ -618,4 +619,53 @@ async fn browser_receives_live_events_and_resumes_after_a_gateway_restart() {
     let events = page.wait_for("livegate.events.length >= 6 && livegate.events", PATIENCE).await.unwrap();
     assert_eq!(events[5]["data"]["object"]["objectId"], "5");
     assert_eq!(events.as_array().unwrap().len(), 6, "no duplicates");
+}
+
+/// The demo page over livegate.js against the gateway: it opens showing the rows the table
+/// already has (the snapshot), adds live rows, resumes after a gateway restart, and when the
+/// restart left it further behind than the gateway replays, takes a fresh snapshot and shows
+/// the right list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_keeps_a_live_list_from_a_snapshot_across_restarts_and_gaps() {
+    let test = "demo_page_keeps_a_live_list_from_a_snapshot_across_restarts_and_gaps";
+    let Some(browser) = launch_or_skip(test).await else { return };
+    let mut app = crate::support::TestApp::spawn_with(|c| c.limits.replay_changes = 5).await;
+    app.db.execute("insert into messages (id, room, body) values (1, 'lobby', 'one'), (2, 'lobby', 'two'), (3, 'other', 'no')").await;
+    app.wait_until_published().await;
+    let url = format!("http://127.0.0.1:{}/?class=messages&where=%7B%22room%22%3A%22lobby%22%7D", app.port);
+    let page = browser.open(&url).await.expect("the demo page opens");
+    let ids = "[...livegate.rows.keys()].sort().join(',')";
+    let shown = "[...document.querySelectorAll('#rows tbody tr')].map(r => r.dataset.id).sort().join(',')";
+    page.wait_for(&format!("{ids} === '1,2'"), PATIENCE).await.expect("the existing rows, on load");
+    assert_eq!(page.eval(shown).await.unwrap(), "1,2", "and on the page");
+
+    app.db.execute("insert into messages (id, room, body) values (4, 'lobby', 'four')").await;
+    app.db.execute("delete from messages where id = 1").await;
+    page.wait_for(&format!("{ids} === '2,4'"), PATIENCE).await.expect("live changes move the list");
+
+    // A short outage: resumed, no snapshot needed.
+    app.stop().await;
+    page.wait_for("livegate.errors >= 1", PATIENCE).await.expect("the page notices");
+    app.db.execute("insert into messages (id, room, body) values (5, 'lobby', 'five')").await;
+    app.restart().await;
+    page.wait_for(&format!("{ids} === '2,4,5'"), Duration::from_secs(30)).await.expect("resumed after the restart");
+
+    // A long one: more changes than the gateway replays (limits.replay_changes = 5).
+    app.stop().await;
+    page.wait_for("livegate.errors >= 2", PATIENCE).await.expect("the page notices again");
+    app.db.execute("insert into messages (id, room, body) select i, 'lobby', 'bulk' from generate_series(10, 19) i").await;
+    app.db.execute("delete from messages where id in (2, 4)").await;
+    app.restart().await;
+    let expected: Vec<String> = {
+        let rows: Vec<(i64,)> = sqlx::query_as("select id from messages where room = 'lobby'").fetch_all(&app.db.pool).await.unwrap();
+        let mut ids: Vec<String> = rows.into_iter().map(|(id,)| id.to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let expected = expected.join(",");
+    page.wait_for(&format!("{ids} === '{expected}'"), Duration::from_secs(30)).await.expect("a fresh snapshot after the gap");
+    assert_eq!(page.eval(shown).await.unwrap(), expected.as_str());
+    let gaps = page.eval("livegate.events.filter(e => e.event === 'gap').map(e => e.data.reason)").await.unwrap();
+    let events = page.eval("JSON.stringify(livegate.events.map(e => [e.event, e.id]))").await.unwrap();
+    assert_eq!(gaps, json!(["expired"]), "told why: {events}");
 }

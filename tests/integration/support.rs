@@ -38,6 +38,8 @@ pub struct TestApp {
     pub port: u16,
     pub db: TestDb,
     handle: actix_web::dev::ServerHandle,
+    /// What it was started with, for a restart.
+    config: Config,
 }
 
 impl TestApp {
@@ -62,11 +64,11 @@ impl TestApp {
         }
         let mut config = test_config(&db.url);
         configure(&mut config);
-        let app = Application::build(config).await.expect("the app starts");
+        let app = Application::build(config.clone()).await.expect("the app starts");
         let port = app.port();
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
-        TestApp { port, db, handle }
+        TestApp { port, db, handle, config }
     }
 
     pub fn ws_url(&self) -> String {
@@ -150,9 +152,9 @@ impl TestApp {
     }
 
     /// Starts a gateway again on the same database and port, with the default test config.
+    /// Starts the gateway again on the same port, with the configuration it had.
     pub async fn restart(&mut self) {
-        let mut config = test_config(&self.db.url);
-        config.feed.tables = vec!["messages".into()];
+        let mut config = self.config.clone();
         config.server.listen = format!("127.0.0.1:{}", self.port).parse().unwrap();
         let app = Application::build(config).await.expect("the app restarts");
         self.handle = app.handle();
