@@ -367,3 +367,48 @@ async fn a_snapshot_while_the_database_is_away_is_an_error_not_a_hang() {
     }
     assert_eq!(frame["op"], "result", "snapshots work again once the database is back: {frame}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_stream_whose_position_was_pruned_gets_a_gap_and_a_fresh_snapshot() {
+    let app = TestApp::spawn_with(|c| {
+        c.history.max_changes = 5;
+        c.history.prune_interval_ms = 100;
+    })
+    .await;
+    let path = format!("/events/messages?snapshot=true&where={}", encode(r#"{"room":"kept"}"#));
+    let mut sse = SseClient::get(app.port, &path, &[]).await;
+    assert_eq!(sse.expect("snapshot").await.json()["objects"], json!([]));
+    let old = sse.expect("subscribed").await.id();
+    drop(sse);
+    app.db.execute("insert into messages (room, n) select 'kept', i from generate_series(1, 20) i").await;
+    app.db.execute("delete from messages where n > 15").await;
+    let old_offset: i64 = old.split('-').next().unwrap().parse().unwrap();
+    let mut floor = 0i64;
+    for _ in 0..100 {
+        floor = sqlx::query_scalar("select floor from livegate.stream").fetch_one(&app.db.pool).await.unwrap();
+        if floor > old_offset + 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(floor > old_offset + 10, "the pruner moved past the stream's position");
+    let mut sse = SseClient::get(app.port, &path, &[("Last-Event-ID", old.as_str())]).await;
+    let gap = sse.expect("gap").await;
+    assert_eq!((gap.json()["reason"].as_str(), gap.id.as_deref()), (Some("expired"), None));
+    let mut objects = Vec::new();
+    let mut first = true;
+    loop {
+        let event = sse.next_event().await;
+        match event.name() {
+            "snapshot" => {
+                assert_eq!(event.json().get("reset").is_some(), first, "only the first chunk resets");
+                first = false;
+                objects.extend(event.json()["objects"].as_array().unwrap().iter().map(|o| o["n"].as_i64().unwrap()));
+            }
+            "subscribed" => break,
+            other => panic!("unexpected {other} before subscribed"),
+        }
+    }
+    objects.sort();
+    assert_eq!(objects, (1..=15).collect::<Vec<_>>(), "the table as it is now");
+}
