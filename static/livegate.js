@@ -106,3 +106,88 @@ export function liveQuery(className, options = {}) {
   open();
   return live;
 }
+
+/**
+ * The same live list over a WebSocket, speaking the Parse LiveQuery protocol with livegate's
+ * extensions (for clients that are not a Parse SDK): `snapshot: true` on subscribe, and `since`
+ * with the last position on every reconnect, so a reconnect replays what was missed and a
+ * position the gateway can no longer replay gets a gap and a fresh snapshot (`result`).
+ * @param {string} url  e.g. "wss://live.example.com/"
+ * @param {string} className
+ * @param {LiveQueryOptions & {applicationId?: string, sessionToken?: string, retryMs?: number}} [options]
+ * @returns {{rows: Map<string, ParseObject>, position: () => string | undefined, close: () => void}}
+ */
+export function liveSocket(url, className, options = {}) {
+  const { where = {}, keys, watch, applicationId = "livegate", sessionToken, retryMs = 1000 } = options;
+  const onChange = options.onChange ?? (() => {});
+  const onEvent = options.onEvent ?? (() => {});
+  const onState = options.onState ?? (() => {});
+  const rows = new Map();
+  let position; // the last position received: where a reconnect resumes
+  let socket;
+  let closed = false;
+
+  const query = { className, where };
+  if (keys) query.keys = keys;
+  if (watch) query.watch = watch;
+
+  const connect = () => {
+    onState("connecting");
+    socket = new WebSocket(url);
+    socket.addEventListener("open", () => {
+      socket.send(JSON.stringify({ op: "connect", applicationId, ...(sessionToken ? { sessionToken } : {}) }));
+    });
+    socket.addEventListener("message", (message) => {
+      const frame = JSON.parse(message.data);
+      switch (frame.op) {
+        case "connected":
+          onState("open");
+          socket.send(JSON.stringify({ op: "subscribe", requestId: 1, query, snapshot: true, since: position ?? "now" }));
+          break;
+        case "result":
+          rows.clear();
+          for (const object of frame.results) rows.set(object.objectId, object);
+          onEvent("result", position, frame);
+          onChange(rows, { event: "result" });
+          break;
+        case "subscribed":
+          position = frame.position;
+          onEvent("subscribed", position, frame);
+          break;
+        case "gap":
+          onEvent("gap", position, frame);
+          if (!frame.snapshot) {
+            // History reset while live: start over with a fresh snapshot.
+            position = undefined;
+            socket.close();
+          }
+          break;
+        case "error":
+          onEvent("error", position, frame);
+          break;
+        default:
+          if (!DATA_EVENTS.includes(frame.op)) break;
+          if (frame.op === "leave" || frame.op === "delete") rows.delete(frame.object.objectId);
+          else rows.set(frame.object.objectId, frame.object);
+          if (frame.position) position = frame.position;
+          onEvent(frame.op, position, frame);
+          onChange(rows, { event: frame.op, object: frame.object });
+      }
+    });
+    socket.addEventListener("close", () => {
+      if (closed) return onState("closed");
+      onState("reconnecting");
+      setTimeout(connect, retryMs);
+    });
+  };
+
+  connect();
+  return {
+    rows,
+    position: () => position,
+    close: () => {
+      closed = true;
+      socket.close();
+    },
+  };
+}

@@ -669,3 +669,34 @@ async fn demo_page_keeps_a_live_list_from_a_snapshot_across_restarts_and_gaps() 
     let events = page.eval("JSON.stringify(livegate.events.map(e => [e.event, e.id]))").await.unwrap();
     assert_eq!(gaps, json!(["expired"]), "told why: {events}");
 }
+
+/// livegate.js's WebSocket helper in a real browser: the snapshot, live changes, and after a
+/// gateway restart a resume with `since` that loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_helper_keeps_a_live_list_and_resumes_with_since() {
+    let test = "the_websocket_helper_keeps_a_live_list_and_resumes_with_since";
+    let Some(browser) = launch_or_skip(test).await else { return };
+    let mut app = crate::support::TestApp::spawn().await;
+    app.db.execute("insert into messages (id, room, body) values (1, 'ws', 'one'), (2, 'elsewhere', 'no')").await;
+    app.wait_until_published().await;
+    let page = browser.open(&format!("http://127.0.0.1:{}/?class=messages&where=%7B%7D", app.port)).await.unwrap();
+    let start = format!(
+        "import('/livegate.js').then(m => {{ window.ws = m.liveSocket('ws://127.0.0.1:{}/', 'messages', \
+         {{ where: {{ room: 'ws' }}, retryMs: 200, onEvent: (e) => window.wsEvents.push(e) }}); return true; }})",
+        app.port
+    );
+    page.eval("window.wsEvents = []").await.unwrap();
+    page.eval(&start).await.expect("the module loads");
+    let ids = "window.ws && [...ws.rows.keys()].sort().join(',')";
+    page.wait_for(&format!("{ids} === '1'"), PATIENCE).await.expect("the snapshot");
+    app.db.execute("insert into messages (id, room, body) values (3, 'ws', 'three')").await;
+    page.wait_for(&format!("{ids} === '1,3'"), PATIENCE).await.expect("a live change");
+    page.wait_for("ws.position() !== undefined", PATIENCE).await.expect("it tracks positions");
+    app.stop().await;
+    app.db.execute("insert into messages (id, room, body) values (4, 'ws', 'four')").await;
+    app.db.execute("delete from messages where id = 1").await;
+    app.restart().await;
+    page.wait_for(&format!("{ids} === '3,4'"), Duration::from_secs(30)).await.expect("resumed with since");
+    let events = page.eval("wsEvents.join(',')").await.unwrap();
+    assert_eq!(events, "result,subscribed,create,create,delete,subscribed", "replayed, not re-snapshotted");
+}
