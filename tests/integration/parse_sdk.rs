@@ -30,6 +30,24 @@ async fn ensure_sdk() -> Result<(), String> {
     status.success().then_some(()).ok_or_else(|| format!("npm ci failed: {status}"))
 }
 
+/// The SDK driver (tests/js/parse_sdk_client.mjs) against `app`, on class `messages`, and its
+/// output lines.
+fn sdk_client(app: &TestApp, extra: &[&str]) -> (tokio::process::Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new("node")
+        .arg("parse_sdk_client.mjs")
+        .arg(app.ws_url())
+        .arg("messages")
+        .args(extra)
+        .current_dir(js_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    (child, lines)
+}
+
 async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
     let line = tokio::time::timeout(PATIENCE, lines.next_line())
         .await
@@ -46,17 +64,7 @@ async fn the_official_parse_js_sdk_receives_create_update_delete() {
         return;
     }
     let app = TestApp::spawn_with(|c| c.keys.javascript_key = Some("js-key".into())).await;
-    let mut child = Command::new("node")
-        .arg("parse_sdk_client.mjs")
-        .arg(app.ws_url())
-        .arg("messages")
-        .current_dir(js_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = sdk_client(&app, &[]);
     assert_eq!(next_line(&mut lines).await["event"], "open");
 
     app.db.execute("insert into messages (room, n, body) values ('other', 5, 'not for the sdk')").await;
@@ -104,18 +112,7 @@ async fn the_official_parse_js_sdk_finds_the_current_rows_of_its_subscription() 
         )
         .await;
     app.wait_until_published().await;
-    let mut child = Command::new("node")
-        .arg("parse_sdk_client.mjs")
-        .arg(app.ws_url())
-        .arg("messages")
-        .arg("find")
-        .current_dir(js_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = sdk_client(&app, &["find"]);
     assert_eq!(next_line(&mut lines).await["event"], "open");
     let result = next_line(&mut lines).await;
     assert_eq!(result["event"], "result", "{result}");
