@@ -118,7 +118,16 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::Listeners;
+    use super::{unready, Listeners};
+
+    #[test]
+    fn readiness_names_the_first_thing_wrong() {
+        assert_eq!(unready(true, true, false, false), None);
+        assert_eq!(unready(true, true, false, true), Some("the feed is behind by more than server.ready_max_lag_ms"));
+        assert_eq!(unready(true, false, false, true), Some("the change listener is not connected"));
+        assert_eq!(unready(false, false, false, false), Some("the database cannot be read"));
+        assert_eq!(unready(false, false, true, true), Some("shutting down"), "a drain wins over everything");
+    }
 
     #[test]
     fn a_separate_metrics_listener_serves_metrics_and_probes_only() {
@@ -151,18 +160,7 @@ async fn health(state: web::Data<Status>) -> HttpResponse {
 async fn ready(state: web::Data<Status>) -> HttpResponse {
     let (database, listener, draining) = (state.feed.reading(), state.feed.listening(), state.gate.draining());
     let lag = state.feed.lag();
-    let lagging = lag > state.ready_max_lag;
-    let reason = if draining {
-        Some("shutting down")
-    } else if !database {
-        Some("the database cannot be read")
-    } else if !listener {
-        Some("the change listener is not connected")
-    } else if lagging {
-        Some("the feed is behind by more than server.ready_max_lag_ms")
-    } else {
-        None
-    };
+    let reason = unready(database, listener, draining, lag > state.ready_max_lag);
     let body = json!({
         "status": if reason.is_none() { "ready" } else { "unavailable" },
         "reason": reason,
@@ -175,6 +173,21 @@ async fn ready(state: web::Data<Status>) -> HttpResponse {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Why the gateway is not ready, the first thing wrong in order of importance; `None` when ready.
+fn unready(database: bool, listener: bool, draining: bool, lagging: bool) -> Option<&'static str> {
+    if draining {
+        Some("shutting down")
+    } else if !database {
+        Some("the database cannot be read")
+    } else if !listener {
+        Some("the change listener is not connected")
+    } else if lagging {
+        Some("the feed is behind by more than server.ready_max_lag_ms")
+    } else {
+        None
     }
 }
 
