@@ -18,19 +18,23 @@
 //!     in which a backend of the bench database waits on a lock (`wait_event_type = 'Lock'`), and
 //!     the mean number of waiters;
 //!   - delivery latency, from the writer's commit acknowledgement to the event's arrival at each
-//!     subscriber (p50/p99 over all subscribers);
+//!     subscriber (p50/p99 over all subscribers), and the writer's own INSERT round trip and the
+//!     rate it achieved (its commits share the WAL flushes with the gateways' sequencing);
 //!   - the gateways' own CPU, and what else the machine ran meanwhile (a disturbed run shows there).
 //!
-//! Every subscriber must receive every change exactly once; gaps and epoch changes are reported.
+//! Every subscriber should receive every change exactly once: changes missing or repeated at any
+//! of them are counted and shown, as are gaps, epoch changes and the gateways' warnings.
 //! Each N gets a database of its own (same name, dropped and created again), so the rows start
 //! alike. Statistics counters are flushed by backends about once a second, so the counts carry
 //! an error of about a second's worth at each end of the window (both ends are in steady state).
 //!
 //! Run: `cargo bench --bench gateways`. Environment: `LIVEGATE_BENCH_GATEWAYS` (default
 //! "1,2,4,8"), `LIVEGATE_BENCH_RATE` (rows/s, default 500), `LIVEGATE_BENCH_SECS` (the measured
-//! window, default 20), `LIVEGATE_BENCH_WARMUP_SECS` (default 5), `LIVEGATE_TEST_DATABASE_URL`
-//! (the server, default postgres://postgres@127.0.0.1:5432; it must run on this machine, since
-//! its CPU is read from /proc, and the role must be a superuser).
+//! window, default 20), `LIVEGATE_BENCH_WARMUP_SECS` (default 5), `LIVEGATE_BENCH_ATTEMPTS`
+//! (default 3: an N whose window saw more than 20% of a core used by other processes, builds or
+//! tests, is run again, up to this many times, and the least disturbed run is shown),
+//! `LIVEGATE_TEST_DATABASE_URL` (the server, default postgres://postgres@127.0.0.1:5432; it must
+//! run on this machine, since its CPU is read from /proc, and the role must be a superuser).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -61,16 +65,44 @@ async fn main() {
         BINARY, settings.counts, settings.rate, settings.secs, settings.warmup, machine.cores, settings.server
     );
     let mut results = Vec::new();
-    for (run, &n) in settings.counts.iter().enumerate() {
-        let result = run_with(n, &settings, &machine).await;
-        println!("  N={n} done ({} of {})", run + 1, settings.counts.len());
-        results.push(result);
+    for &n in &settings.counts {
+        results.push(least_disturbed(n, &settings, &machine).await);
     }
     print_tables(&results);
 }
 
+/// Runs N gateways until a run is undisturbed (others' CPU below [`DISTURBED`]) or the attempts
+/// are used up; the least disturbed run counts.
+async fn least_disturbed(n: usize, settings: &Settings, machine: &Machine) -> RunResult {
+    let (mut best, mut attempts): (Option<RunResult>, usize) = (None, 0);
+    for attempt in 1..=settings.attempts {
+        attempts = attempt;
+        let result = run_with(n, settings, machine).await;
+        let elsewhere = result.pct(result.cpu.elsewhere);
+        let disturbed = elsewhere > DISTURBED;
+        println!(
+            "  N={n} attempt {attempt}: PG {:.1}% of a core, others {elsewhere:.0}%{}",
+            result.pg_pct(),
+            if disturbed { " (disturbed)" } else { "" }
+        );
+        if best.as_ref().is_none_or(|b| b.cpu.elsewhere > result.cpu.elsewhere) {
+            best = Some(result);
+        }
+        if !disturbed {
+            break;
+        }
+    }
+    let mut best = best.expect("at least one attempt");
+    best.attempts = attempts;
+    best
+}
+
+/// CPU of other processes (builds, tests) above which a run counts as disturbed, in % of a core.
+const DISTURBED: f64 = 20.0;
+
 struct Settings {
     counts: Vec<usize>,
+    attempts: usize,
     rate: f64,
     secs: f64,
     warmup: f64,
@@ -88,6 +120,7 @@ impl Settings {
         assert!(!counts.is_empty(), "LIVEGATE_BENCH_GATEWAYS names no gateway count");
         Settings {
             counts,
+            attempts: env_or("LIVEGATE_BENCH_ATTEMPTS", 3usize).max(1),
             rate: env_or("LIVEGATE_BENCH_RATE", 500.0),
             secs: env_or("LIVEGATE_BENCH_SECS", 20.0),
             warmup: env_or("LIVEGATE_BENCH_WARMUP_SECS", 5.0),
@@ -110,11 +143,13 @@ async fn run_with(n: usize, settings: &Settings, machine: &Machine) -> RunResult
     let db = BenchDb::create(&settings.server).await;
     let dir = TempDir::new();
     let mut gateways = Vec::with_capacity(n);
+    // One after another: gateways starting at the same moment race in livegate.watch() (drop and
+    // create the capture trigger), and the loser exits with "trigger ... already exists" or
+    // "deadlock detected".
     for i in 0..n {
-        gateways.push(Gateway::spawn(i, &db, &dir.path));
-    }
-    for gateway in &mut gateways {
+        let mut gateway = Gateway::spawn(i, &db, &dir.path);
         gateway.wait_ready().await;
+        gateways.push(gateway);
     }
     let subscribers = futures_util::future::join_all(gateways.iter().map(|g| Subscriber::open(g.port))).await;
     let mut probe = db.connect().await;
@@ -150,7 +185,7 @@ async fn run_with(n: usize, settings: &Settings, machine: &Machine) -> RunResult
     }
     drop((probe, sampler));
     db.drop_now().await;
-    RunResult::new(n, settings, &start, &end, cpu, locks, delivery, epoch_before != epoch_after, &logs)
+    RunResult::new(n, &start, &end, cpu, locks, delivery, epoch_before != epoch_after, &logs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,7 +320,12 @@ impl Gateway {
                 if matches!(http_get(self.port, path).await, Some((200, _))) {
                     break;
                 }
-                assert!(Instant::now() < deadline, "gateway on port {} not up in 30 s:\n{}", self.port, log_tail(&self.log));
+                assert!(
+                    Instant::now() < deadline,
+                    "gateway on port {} not up in 30 s:\n{}",
+                    self.port,
+                    log_tail(&self.log)
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -329,9 +369,20 @@ async fn stream_epoch(conn: &mut PgConnection) -> String {
 // ---------------------------------------------------------------------------------------------
 // Load and clients.
 
+/// One row the writer committed.
+#[derive(Debug, Clone, Copy)]
+struct Commit {
+    id: i64,
+    /// When the commit was acknowledged.
+    acked: Instant,
+    /// From sending the INSERT to its acknowledgement.
+    took: Duration,
+}
+
 /// Commits one row per transaction at `rate` rows/s for `duration`, on a schedule (a late row is
-/// written at once, so the mean rate holds). Returns the backend's pid and (id, commit acked).
-async fn write(mut conn: PgConnection, rate: f64, duration: Duration) -> (i32, Vec<(i64, Instant)>) {
+/// written at once, so the mean rate holds while each INSERT takes less than 1/rate). Returns the
+/// backend's pid and the commits.
+async fn write(mut conn: PgConnection, rate: f64, duration: Duration) -> (i32, Vec<Commit>) {
     let pid = backend_pid(&mut conn).await;
     let body = "x".repeat(80);
     let start = tokio::time::Instant::now();
@@ -342,13 +393,15 @@ async fn write(mut conn: PgConnection, rate: f64, duration: Duration) -> (i32, V
             break;
         }
         tokio::time::sleep_until(start + due).await;
+        let sent = Instant::now();
         let id: i64 = sqlx::query_scalar("insert into items (n, body) values ($1, $2) returning id")
             .bind(i as i32)
             .bind(&body)
             .fetch_one(&mut conn)
             .await
             .expect("insert a row");
-        commits.push((id, Instant::now()));
+        let acked = Instant::now();
+        commits.push(Commit { id, acked, took: acked - sent });
     }
     (pid, commits)
 }
@@ -468,16 +521,24 @@ struct Delivery {
     duplicates: usize,
     gaps: usize,
     latencies: Vec<Duration>,
+    /// Changes whose commit was acknowledged in the window.
+    in_window: usize,
+    /// How long their INSERTs took, as the writer saw it.
+    inserts: Vec<Duration>,
 }
 
 impl Delivery {
-    async fn collect(subscribers: &[Subscriber], commits: &[(i64, Instant)], from: Instant, to: Instant) -> Delivery {
+    async fn collect(subscribers: &[Subscriber], commits: &[Commit], from: Instant, to: Instant) -> Delivery {
         let deadline = Instant::now() + Duration::from_secs(20);
         while subscribers.iter().any(|s| s.received() < commits.len()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let committed: HashMap<i64, Instant> = commits.iter().copied().collect();
-        let mut delivery = Delivery { missing: 0, duplicates: 0, gaps: 0, latencies: Vec::new() };
+        let committed: HashMap<i64, Instant> = commits.iter().map(|c| (c.id, c.acked)).collect();
+        let mut inserts: Vec<Duration> =
+            commits.iter().filter(|c| c.acked >= from && c.acked < to).map(|c| c.took).collect();
+        inserts.sort();
+        let in_window = inserts.len();
+        let mut delivery = Delivery { missing: 0, duplicates: 0, gaps: 0, latencies: Vec::new(), in_window, inserts };
         for subscriber in subscribers {
             delivery.gaps += subscriber.gaps.load(Ordering::Relaxed);
             let arrivals = subscriber.arrivals.lock().expect("arrivals lock");
@@ -496,8 +557,19 @@ impl Delivery {
     }
 
     fn percentile(&self, q: f64) -> Option<Duration> {
-        let n = self.latencies.len();
-        (n > 0).then(|| self.latencies[((n - 1) as f64 * q).round() as usize])
+        percentile(&self.latencies, q)
+    }
+}
+
+/// The q-quantile of sorted samples.
+fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
+    let n = sorted.len();
+    (n > 0).then(|| sorted[((n - 1) as f64 * q).round() as usize])
+}
+
+impl Delivery {
+    fn insert_percentile(&self, q: f64) -> Option<Duration> {
+        percentile(&self.inserts, q)
     }
 }
 
@@ -516,7 +588,8 @@ async fn sample_locks(mut conn: PgConnection, db: String, probe: i32, stop: Arc<
             "select count(*) filter (where wait_event_type = 'Lock') as waiting, \
                     count(*) filter (where wait_event_type = 'Lock' and query like '%livegate.advance%') as advance, \
                     count(*) filter (where wait_event_type = 'Lock' and query like '%livegate.prune%') as prune, \
-                    count(*) filter (where state = 'active') as active \
+                    count(*) filter (where state = 'active') as active, \
+                    count(*) filter (where wait_event in ('WALWrite', 'WALSync')) as wal \
              from pg_stat_activity where datname = $1 and pid <> $2",
         )
         .bind(&db)
@@ -531,6 +604,7 @@ async fn sample_locks(mut conn: PgConnection, db: String, probe: i32, stop: Arc<
         locks.advance_waiters += get("advance") as u64;
         locks.prune_waiters += get("prune") as u64;
         locks.active += get("active") as u64;
+        locks.wal += get("wal") as u64;
     }
     (conn, locks)
 }
@@ -545,6 +619,8 @@ struct Locks {
     advance_waiters: u64,
     prune_waiters: u64,
     active: u64,
+    /// Backends waiting for the WAL to be written or flushed (LWLock WALWrite, IO WALSync/WALWrite).
+    wal: u64,
 }
 
 /// Clock ticks per second and cores, for /proc.
@@ -686,6 +762,8 @@ struct CpuSplit {
     other_databases: f64,
     /// The gateway processes themselves.
     gateways: f64,
+    /// This bench: the writer's client, the subscribers, the probes.
+    bench: f64,
     /// Everything the machine ran that is none of PostgreSQL, the gateways and this bench.
     elsewhere: f64,
     steal: f64,
@@ -719,9 +797,9 @@ impl CpuSplit {
         }
         split.postgres = secs(total - excluded);
         split.gateways = secs(end.gateways as i64 - start.gateways as i64);
-        let bench = secs(end.bench as i64 - start.bench as i64);
+        split.bench = secs(end.bench as i64 - start.bench as i64);
         let busy = secs(end.machine_busy as i64 - start.machine_busy as i64);
-        split.elsewhere = (busy - secs(total) - split.gateways - bench).max(0.0);
+        split.elsewhere = (busy - secs(total) - split.gateways - split.bench).max(0.0);
         split.steal = secs(end.machine_steal as i64 - start.machine_steal as i64);
         split
     }
@@ -733,7 +811,7 @@ impl CpuSplit {
 struct RunResult {
     n: usize,
     secs: f64,
-    /// Changes committed in the window.
+    /// Changes committed in the window (as the writer saw the acknowledgements).
     changes: f64,
     cpu: CpuSplit,
     xact: f64,
@@ -745,13 +823,14 @@ struct RunResult {
     new_epoch: bool,
     /// Warnings and errors in the gateways' logs, and lines about epochs.
     warnings: Vec<String>,
+    /// Runs made for this N (see [`least_disturbed`]).
+    attempts: usize,
 }
 
 impl RunResult {
     #[allow(clippy::too_many_arguments)] // the parts of one run, gathered in one place
     fn new(
         n: usize,
-        settings: &Settings,
         start: &Snapshot,
         end: &Snapshot,
         cpu: CpuSplit,
@@ -770,7 +849,7 @@ impl RunResult {
         RunResult {
             n,
             secs,
-            changes: settings.rate * secs,
+            changes: delivery.in_window as f64,
             cpu,
             xact: (end.xact - start.xact) as f64,
             rows_read: (end.rows_read - start.rows_read) as f64,
@@ -780,6 +859,7 @@ impl RunResult {
             delivery,
             new_epoch,
             warnings,
+            attempts: 1,
         }
     }
 
@@ -802,9 +882,22 @@ fn print_tables(results: &[RunResult]) {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:>4} {:>8} {:>9} {:>9} {:>10} {:>12} {:>8} {:>9} {:>10} {:>9} {:>8} {:>7} {:>7}",
-        "N", "rows/s", "PG %core", "ms/1k", "+%core/gw", "+ms/1k/gw", "xact/s", "advance/s", "read/chg",
-        "lockwait", "waiters", "p50 ms", "p99 ms"
+        "\n{:>4} {:>8} {:>9} {:>9} {:>10} {:>12} {:>8} {:>9} {:>10} {:>9} {:>8} {:>7} {:>7} {:>8} {:>8}",
+        "N",
+        "rows/s",
+        "PG %core",
+        "ms/1k",
+        "+%core/gw",
+        "+ms/1k/gw",
+        "xact/s",
+        "advance/s",
+        "read/chg",
+        "lockwait",
+        "waiters",
+        "p50 ms",
+        "p99 ms",
+        "ins p50",
+        "ins p99"
     );
     let mut previous: Option<&RunResult> = None;
     for r in results {
@@ -815,7 +908,7 @@ fn print_tables(results: &[RunResult]) {
         let samples = r.locks.samples.max(1) as f64;
         let _ = writeln!(
             out,
-            "{:>4} {:>8.0} {:>9.1} {:>9.0} {:>10} {:>12} {:>8.0} {:>9.0} {:>10.1} {:>8.1}% {:>8.3} {:>7} {:>7}",
+            "{:>4} {:>8.0} {:>9.1} {:>9.0} {:>10} {:>12} {:>8.0} {:>9.0} {:>10.1} {:>8.1}% {:>8.3} {:>7} {:>7} {:>8} {:>8}",
             r.n,
             r.changes / r.secs,
             r.pg_pct(),
@@ -829,19 +922,54 @@ fn print_tables(results: &[RunResult]) {
             r.locks.waiters as f64 / samples,
             ms(r.delivery.percentile(0.5)),
             ms(r.delivery.percentile(0.99)),
+            ms(r.delivery.insert_percentile(0.5)),
+            ms(r.delivery.insert_percentile(0.99)),
         );
         previous = Some(r);
+    }
+    if let Some((a, b)) = fit(results.iter().map(|r| (r.n as f64, r.pg_pct()))) {
+        let (_, per_1000) = fit(results.iter().map(|r| (r.n as f64, r.ms_per_1000()))).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "least squares: PG CPU = {a:.1} + {b:.1} x N % of one core ({per_1000:.0} ms per 1000 changes per gateway)"
+        );
     }
     print_details(&mut out, results);
     print!("{out}");
 }
 
+/// y = a + b·x by least squares, over at least two distinct x.
+fn fit(points: impl Iterator<Item = (f64, f64)>) -> Option<(f64, f64)> {
+    let points: Vec<(f64, f64)> = points.collect();
+    let n = points.len() as f64;
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(sx, sy), (x, y)| (sx + x, sy + y));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    (sxx > 0.0).then(|| (my - sxy / sxx * mx, sxy / sxx))
+}
+
 fn print_details(out: &mut String, results: &[RunResult]) {
     let _ = writeln!(
         out,
-        "\n{:>4} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>11} {:>8} {:>7} {:>7} {:>6} {:>6}",
-        "N", "gw-backends", "writer", "pg-rest", "gw-procs", "other-dbs", "elsewhere", "steal", "advance-wait",
-        "prunes", "active", "missing", "dups", "gaps"
+        "\n{:>4} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>11} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>5}",
+        "N",
+        "gw-backends",
+        "writer",
+        "pg-rest",
+        "gw-procs",
+        "bench",
+        "other-dbs",
+        "elsewhere",
+        "steal",
+        "advance-wait",
+        "wal-wait",
+        "prunes",
+        "active",
+        "missing",
+        "dups",
+        "gaps",
+        "runs"
     );
     for r in results {
         let samples = r.locks.samples.max(1) as f64;
@@ -849,33 +977,40 @@ fn print_details(out: &mut String, results: &[RunResult]) {
         let rest = c.postgres - c.other_databases - c.gateway_backends - c.writer;
         let _ = writeln!(
             out,
-            "{:>4} {:>10.1}% {:>8.1}% {:>8.1}% {:>8.1}% {:>9.1}% {:>8.1}% {:>6.1}% {:>11.3} {:>8} {:>7.2} {:>7} {:>6} {:>6}{}",
+            "{:>4} {:>10.1}% {:>8.1}% {:>8.1}% {:>8.1}% {:>8.1}% {:>9.1}% {:>8.1}% {:>6.1}% {:>11.3} {:>8.3} {:>7} {:>7.2} {:>7} {:>5} {:>5} {:>5}{}",
             r.n,
             r.pct(c.gateway_backends),
             r.pct(c.writer),
             r.pct(rest),
             r.pct(c.gateways),
+            r.pct(c.bench),
             r.pct(c.other_databases),
             r.pct(c.elsewhere),
             r.pct(c.steal),
             r.locks.advance_waiters as f64 / samples,
+            r.locks.wal as f64 / samples,
             r.prune_calls,
             r.locks.active as f64 / samples,
             r.delivery.missing,
             r.delivery.duplicates,
             r.delivery.gaps,
+            r.attempts,
             if r.new_epoch { "  NEW EPOCH" } else { "" },
         );
     }
     let _ = writeln!(
         out,
-        "\nCPU in % of one core over the window. PG %core: all postgres processes less the bench's probes \
+        "\nrows/s: committed in the window (below LIVEGATE_BENCH_RATE: the writer could not keep up). \
+         CPU in % of one core over the window. PG %core: all postgres processes less the bench's probes \
          and other databases' backends;\nms/1k: PG CPU ms per 1000 changes; +…/gw: increment per added \
          gateway from the previous row; lockwait: share of 10 ms samples\nwith a bench-db backend waiting \
-         on a lock; waiters/advance-wait: mean waiting backends (all / in livegate.advance); p50/p99:\n\
-         commit acknowledged -> SSE event, over every subscriber. pg-rest: postmaster, WAL writer, \
-         checkpointer, autovacuum, exited backends.\nelsewhere: machine CPU outside PostgreSQL, the \
-         gateways and this bench (other builds/tests: a disturbed run)."
+         on a lock; waiters/advance-wait: mean waiting backends (all / in livegate.advance); wal-wait:\n\
+         mean backends waiting to write or flush WAL; p50/p99: commit acknowledged -> SSE event, over \
+         every subscriber; ins: the writer's INSERT round trip. pg-rest: postmaster, WAL writer, \
+         checkpointer, autovacuum, exited backends.\n\
+         elsewhere: machine CPU outside PostgreSQL, the \
+         gateways and this bench (other builds/tests); above 20% a run is disturbed and repeated \
+         (runs: how many were made,\nthe least disturbed is shown; LIVEGATE_BENCH_ATTEMPTS, default 3)."
     );
     for r in results.iter().filter(|r| !r.warnings.is_empty()) {
         let _ = writeln!(out, "N={}: gateway log lines with WARN/ERROR/epoch:", r.n);

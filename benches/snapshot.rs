@@ -356,9 +356,10 @@ async fn ws_connect(port: u16) -> Socket {
     let mut config = WebSocketConfig::default();
     config.max_message_size = None;
     config.max_frame_size = None;
-    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(format!("ws://127.0.0.1:{port}/"), Some(config), true)
-        .await
-        .expect("websocket");
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_with_config(format!("ws://127.0.0.1:{port}/"), Some(config), true)
+            .await
+            .expect("websocket");
     socket.send(Message::text(json!({"op": "connect", "applicationId": "bench"}).to_string())).await.expect("send");
     match ws_next(&mut socket).await {
         Ok((frame, _)) if frame.op == "connected" => socket,
@@ -589,6 +590,9 @@ async fn impact(bench: &mut Bench) {
         frames: Vec<Duration>,
         inserts: Vec<Duration>,
         missing: usize,
+        /// The frames of each subscriber, to see whether all suffer or only some (connections
+        /// are spread over the server's workers; the snapshot runs on one of them).
+        by_subscriber: Vec<Vec<Duration>>,
     }
     let mut classes: [Class; 3] = Default::default(); // baseline, during ws, during sse
     let class_of = |acked: Instant| -> Option<usize> {
@@ -606,9 +610,14 @@ async fn impact(bench: &mut Bench) {
         let Some(class) = class_of(*acked) else { continue };
         let class = &mut classes[class];
         class.inserts.push(*acked - *sent);
-        for seen in &per_subscriber {
+        class.by_subscriber.resize(per_subscriber.len(), Vec::new());
+        for (s, seen) in per_subscriber.iter().enumerate() {
             match seen.get(id.as_str()) {
-                Some(at) => class.frames.push(at.saturating_duration_since(*acked)),
+                Some(at) => {
+                    let latency = at.saturating_duration_since(*acked);
+                    class.frames.push(latency);
+                    class.by_subscriber[s].push(latency);
+                }
                 None => class.missing += 1,
             }
         }
@@ -623,8 +632,17 @@ async fn impact(bench: &mut Bench) {
         durations(Transport::Sse)
     );
     println!(
-        "{:<22} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} | {:>10} {:>10}",
-        "commit ack -> frame", "inserts", "frames", "p50", "p90", "p99", "max", "INSERT p50", "INSERT p99"
+        "{:<22} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} | {:>10} {:>10} | {}",
+        "commit ack -> frame",
+        "inserts",
+        "frames",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "INSERT p50",
+        "INSERT p99",
+        "per-subscriber p99: min/p25/median/p75/max"
     );
     for (label, class) in ["no snapshot", "during ws snapshot", "during sse snapshot"].iter().zip(classes.iter_mut()) {
         if class.frames.is_empty() {
@@ -635,8 +653,20 @@ async fn impact(bench: &mut Bench) {
         class.inserts.sort();
         let pick = |s: &[Duration], q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
         let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+        let mut p99s: Vec<Duration> = class
+            .by_subscriber
+            .iter_mut()
+            .filter(|f| !f.is_empty())
+            .map(|f| {
+                f.sort();
+                pick(f, 0.99)
+            })
+            .collect();
+        p99s.sort();
+        let by_subscriber =
+            [0.0, 0.25, 0.5, 0.75, 1.0].map(|q| format!("{:.0}", pick(&p99s, q).as_secs_f64() * 1000.0));
         println!(
-            "{label:<22} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} | {:>10} {:>10}{}",
+            "{label:<22} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} | {:>10} {:>10} | {}{}",
             class.inserts.len(),
             class.frames.len(),
             ms(pick(&class.frames, 0.5)),
@@ -645,6 +675,7 @@ async fn impact(bench: &mut Bench) {
             ms(class.frames[class.frames.len() - 1]),
             ms(pick(&class.inserts, 0.5)),
             ms(pick(&class.inserts, 0.99)),
+            by_subscriber.join("/"),
             if class.missing > 0 { format!("  ({} frames missing)", class.missing) } else { String::new() }
         );
     }

@@ -226,9 +226,11 @@ impl Admission {
         subscription: &Subscription,
         where_: &Map<String, Value>,
         request_id: &RequestId,
+        queue_bytes: usize,
     ) -> Result<SnapshotRead, Refused> {
-        let source = &*self.snapshots;
-        snapshot::take(source, subscription, where_, request_id, self.snapshot_rows).await.map_err(Refused::Snapshot)
+        // The result is queued whole: it may take half of the connection's queue.
+        let (source, rows, bytes) = (&*self.snapshots, self.snapshot_rows, queue_bytes / 2);
+        snapshot::take(source, subscription, where_, request_id, rows, bytes).await.map_err(Refused::Snapshot)
     }
 
     /// Step 5 after a snapshot: a catch-up from where `read` was taken, skipping the changes it

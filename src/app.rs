@@ -261,7 +261,13 @@ fn serve(
             .app_data(web::Data::new(status.clone()))
             .configure(http::routes)
     })
-    .on_connect(sse::remember_socket)
+    .on_connect(|connection, data| {
+        // Frames are small and latency matters more than packet count: no Nagle delay.
+        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
+        sse::remember_socket(connection, data)
+    })
     .shutdown_timeout(server.shutdown_timeout_ms.div_ceil(1000))
     .disable_signals();
     if server.workers > 0 {

@@ -134,7 +134,8 @@ impl Catchup {
     /// subscription starts; a second gap in a row (history lost again meanwhile) is only a gap.
     async fn resnapshot(&self, resume: Resume, ticket: Reservation, gap: Gap, where_: &Map<String, Value>) {
         let Resume { request_id, subscription, outbox, .. } = &resume;
-        let read = snapshot::take(&*self.snapshots, subscription, where_, request_id, self.snapshot_rows).await;
+        let (rows, bytes) = (self.snapshot_rows, outbox.max_bytes() / 2);
+        let read = snapshot::take(&*self.snapshots, subscription, where_, request_id, rows, bytes).await;
         let read = match read {
             Ok(read) => read,
             Err(e) => {

@@ -271,7 +271,7 @@ impl ParseSession {
         let (mut subscription, where_) = (held.subscription.0.clone(), held.subscription.1.clone());
         subscription.identity = held.identity.clone();
         let admission = self.settings.admission.clone();
-        match admission.snapshot(&subscription, &where_, &request_id).await {
+        match admission.snapshot(&subscription, &where_, &request_id, self.outbox.max_bytes()).await {
             Ok(read) => {
                 self.outbox.send(Outgoing::Result { request_id, objects: read.objects, reset: false }).await;
             }
@@ -337,9 +337,9 @@ impl ParseSession {
         self.held.insert(request_id.clone(), Held { token: own_token, identity, subscription: kept });
         let started = match resume_from {
             // A snapshot, then the changes after it (a resume replays instead).
-            None if snapshot => match admission.snapshot(&subscription, &where_, &request_id).await {
-                Ok(read) => {
-                    let objects = read.objects.clone();
+            None if snapshot => match admission.snapshot(&subscription, &where_, &request_id, self.outbox.max_bytes()).await {
+                Ok(mut read) => {
+                    let objects = std::mem::take(&mut read.objects);
                     self.outbox.send(Outgoing::Result { request_id: request_id.clone(), objects, reset: false }).await;
                     admission.start_after(self.connection, request_id.clone(), subscription, &read, &self.outbox)
                 }

@@ -13,6 +13,8 @@
 //! SQL where it can (a superset), and every candidate row is decided by `encode`, which applies
 //! the same matcher, read access and projection as a live event.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -38,6 +40,9 @@ pub struct SnapshotRead {
 pub enum SnapshotError {
     /// More rows match than `limits.snapshot_rows`.
     TooManyRows { limit: usize },
+    /// The rows would take more than half of the connection's send queue
+    /// (`limits.send_queue_bytes`): sent whole, they would cut the client off as too slow.
+    TooLarge { limit_bytes: usize },
     /// The read took longer than `limits.snapshot_timeout_ms`.
     Timeout { limit_ms: u64 },
     /// The database could not be read.
@@ -51,6 +56,10 @@ impl std::fmt::Display for SnapshotError {
                 f,
                 "The snapshot has more than limits.snapshot_rows ({limit}) rows; narrow the query or subscribe without a snapshot"
             ),
+            SnapshotError::TooLarge { limit_bytes } => write!(
+                f,
+                "The snapshot is larger than half of limits.send_queue_bytes ({limit_bytes} bytes); narrow the query or its keys"
+            ),
             SnapshotError::Timeout { limit_ms } => {
                 write!(f, "The snapshot took longer than limits.snapshot_timeout_ms ({limit_ms} ms)")
             }
@@ -63,7 +72,7 @@ impl SnapshotError {
     /// What the client is told: 155 past the row limit, 124 past the timeout, 1 otherwise.
     pub fn refusal(&self) -> Refusal {
         let code = match self {
-            SnapshotError::TooManyRows { .. } => code::LIMIT_EXCEEDED,
+            SnapshotError::TooManyRows { .. } | SnapshotError::TooLarge { .. } => code::LIMIT_EXCEEDED,
             SnapshotError::Timeout { .. } => code::TIMEOUT,
             SnapshotError::Unavailable(_) => code::INTERNAL,
         };
@@ -72,18 +81,28 @@ impl SnapshotError {
 }
 
 /// The current rows of an (authorized) subscription's query, as its events would carry them:
-/// matched, read access checked, projected, protected fields stripped.
+/// matched, read access checked, projected, protected fields stripped; at most `rows` of them,
+/// and at most `bytes` of encoded objects (the result is queued to the client whole).
 pub async fn take(
     source: &dyn SnapshotSource,
     subscription: &Subscription,
     where_: &Map<String, Value>,
     request_id: &RequestId,
-    limit: usize,
+    rows: usize,
+    bytes: usize,
 ) -> Result<SnapshotRead, SnapshotError> {
+    let taken = AtomicUsize::new(0);
     let encode = |change: &Change| {
-        hub::replay(subscription, request_id, change, Uuid::nil()).map(|delivery| delivery.payload.object.clone())
+        let object = hub::replay(subscription, request_id, change, Uuid::nil())?.payload.object.clone();
+        // Past the budget nothing more is kept (the read fails below), so memory stays bounded.
+        let before = taken.fetch_add(object.len() + 1, Ordering::Relaxed);
+        (before + object.len() < bytes).then_some(object)
     };
-    source.read(&subscription.class, where_, &encode, limit).await
+    let read = source.read(&subscription.class, where_, &encode, rows).await?;
+    if taken.load(Ordering::Relaxed) >= bytes {
+        return Err(SnapshotError::TooLarge { limit_bytes: bytes });
+    }
+    Ok(read)
 }
 
 /// Turns one candidate row (an insert of it, at the snapshot's position) into the object the

@@ -225,7 +225,9 @@ impl From<Refused> for Rejection {
             Refused::Token(_) => StatusCode::UNAUTHORIZED,
             Refused::Denied(_) => StatusCode::FORBIDDEN,
             Refused::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Refused::Snapshot(SnapshotError::TooManyRows { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refused::Snapshot(SnapshotError::TooManyRows { .. } | SnapshotError::TooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Refused::Snapshot(SnapshotError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Refused::Snapshot(SnapshotError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -265,7 +267,14 @@ pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::D
         Err(rejection) => return rejection.refused(&settings.metrics, None),
     };
     let snapshot = match admitted.snapshot {
-        true => match settings.admission.snapshot(&admitted.subscription, &admitted.where_, &request_id()).await {
+        true => match settings.admission.snapshot(
+            &admitted.subscription,
+            &admitted.where_,
+            &request_id(),
+            settings.send_queue.bytes,
+        )
+        .await
+        {
             Ok(read) => Some(read),
             Err(refused) => return Rejection::from(refused).refused(&settings.metrics, Some("snapshot")),
         },
@@ -362,7 +371,8 @@ fn stream(
     // missed.
     let started = match snapshot {
         Some(read) => {
-            let objects = read.objects.clone();
+            let mut read = read;
+            let objects = std::mem::take(&mut read.objects);
             outbox.push(Outgoing::Result { request_id: request_id(), objects, reset: false });
             admission.start_after(connection, request_id(), subscription, &read, &outbox)
         }

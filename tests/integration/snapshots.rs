@@ -412,3 +412,23 @@ async fn an_sse_stream_whose_position_was_pruned_gets_a_gap_and_a_fresh_snapshot
     objects.sort();
     assert_eq!(objects, (1..=15).collect::<Vec<_>>(), "the table as it is now");
 }
+
+#[tokio::test]
+async fn a_snapshot_larger_than_the_send_queue_allows_is_refused_not_cut_off() {
+    let app = TestApp::spawn_with(|c| c.limits.send_queue_bytes = 8_192).await;
+    app.db.execute("insert into messages (room, body) select 'wide', repeat('x', 200) from generate_series(1, 40)").await;
+    let mut ws = app.client().await;
+    ws.connect_parse().await;
+    ws.send(json!({"op": "subscribe", "requestId": 1, "snapshot": true,
+        "query": {"className": "messages", "where": {"room": "wide"}}}))
+        .await;
+    let refused = ws.recv().await;
+    assert_eq!(refused["code"], 155, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("half of limits.send_queue_bytes (4096 bytes)"), "{refused}");
+    // The connection stays, and a narrower snapshot that fits is served.
+    ws.send(json!({"op": "subscribe", "requestId": 2, "snapshot": true,
+        "query": {"className": "messages", "where": {"room": "wide", "id": {"$lte": 10}}, "keys": ["room"]}}))
+        .await;
+    let result = ws.recv().await;
+    assert_eq!(result["results"].as_array().map(Vec::len), Some(10), "{result}");
+}
