@@ -529,3 +529,47 @@ async fn a_token_within_its_leeway_lapses_when_the_leeway_runs_out() {
     client.expect_silence(Duration::from_millis(500)).await;
     assert_eq!(app.health().await["subscriptions"], 0);
 }
+
+/// A snapshot holds exactly the rows the subscriber may read, by the same ACL decision as live
+/// events, on both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_hold_only_the_rows_the_subscriber_may_read() {
+    let app = spawn(|_| {}).await;
+    app.db.execute("insert into livegate.role_inheritance values ('Mod', 'Admin')").await;
+    app.db
+        .execute(
+            r#"insert into docs (id, body, "ACL") values
+               (1, 'public', null),
+               (2, 'public read', '{"*": {"read": true}}'),
+               (3, 'alice', '{"alice": {"read": true}}'),
+               (4, 'admins', '{"role:Admin": {"read": true}}'),
+               (5, 'nobody', '{}')"#,
+        )
+        .await;
+    app.wait_until_published().await;
+    let cases = [
+        (Some(user_token("alice", &[], 600)), false, vec!["1", "2", "3"]),
+        (Some(user_token("mo", &["Mod"], 600)), false, vec!["1", "2", "4"]),
+        (None, false, vec!["1", "2"]),
+        (None, true, vec!["1", "2", "3", "4", "5"]),
+    ];
+    for (token, master, expected) in cases {
+        let (mut ws, reply) = connect(&app, token.as_deref(), master).await;
+        assert_eq!(reply["op"], "connected");
+        ws.send(json!({"op": "subscribe", "requestId": 1, "snapshot": true, "query": {"className": "docs", "where": {}}}))
+            .await;
+        let result = ws.recv().await;
+        let mut ids: Vec<&str> = result["results"].as_array().unwrap().iter().map(|o| o["objectId"].as_str().unwrap()).collect();
+        ids.sort();
+        assert_eq!(ids, expected, "token {token:?} master {master}: {result}");
+        if let Some(token) = &token {
+            let bearer = format!("Bearer {token}");
+            let mut sse = SseClient::get(app.port, "/events/docs?snapshot=true", &[("Authorization", bearer.as_str())]).await;
+            let snapshot = sse.expect("snapshot").await;
+            let mut ids: Vec<String> =
+                snapshot.json()["objects"].as_array().unwrap().iter().map(|o| o["objectId"].as_str().unwrap().to_string()).collect();
+            ids.sort();
+            assert_eq!(ids, expected, "the same over SSE");
+        }
+    }
+}
