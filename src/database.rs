@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "identity", include_str!("../migrations/0003_identity.sql")),
     (4, "watch_lock", include_str!("../migrations/0004_watch_lock.sql")),
     (5, "idle_sequence", include_str!("../migrations/0005_idle_sequence.sql")),
+    (6, "readers", include_str!("../migrations/0006_readers.sql")),
 ];
 
 /// Arbitrary constant shared by every livegate process: key of the migration advisory lock.

@@ -117,6 +117,9 @@ pub struct HistoryConfig {
     /// Database connections reserved for replaying history to resuming clients: resumes queue
     /// for them, and never take the connections the feed and token lookups use.
     pub replay_connections: u32,
+    /// With several gateways, no pruner deletes changes a gateway that recorded its position
+    /// within this many seconds has not read yet (each records it every `prune_interval_ms`).
+    pub reader_timeout_secs: u64,
 }
 
 impl Default for HistoryConfig {
@@ -127,6 +130,7 @@ impl Default for HistoryConfig {
             prune_interval_ms: 60_000,
             prune_batch: 5_000,
             replay_connections: 2,
+            reader_timeout_secs: 600,
         }
     }
 }
@@ -582,23 +586,36 @@ impl HistorySource for History {
     }
 }
 
-/// Deletes history outside retention every `prune_interval_ms`, one short transaction per batch.
+/// Every `prune_interval_ms`: records where this gateway has read up to (`livegate.readers`),
+/// then deletes history outside retention, one short transaction per batch, never past the
+/// lowest position any live gateway recorded.
 async fn prune(pool: PgPool, retention: HistoryConfig, status: Arc<FeedStatus>) {
-    if retention.max_age_secs == 0 && retention.max_changes == 0 {
-        return;
-    }
+    let reader = Uuid::new_v4();
+    let pruning = retention.max_age_secs > 0 || retention.max_changes > 0;
     let max_age = (retention.max_age_secs > 0).then(|| format!("{} seconds", retention.max_age_secs));
     let keep = (retention.max_changes > 0).then(|| i64::try_from(retention.max_changes).unwrap_or(i64::MAX));
+    let timeout = format!("{} seconds", retention.reader_timeout_secs);
     let mut interval = tokio::time::interval(Duration::from_millis(retention.prune_interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
+        // Even a gateway that does not prune records its position: the others' pruners need it.
+        let upto = match low_water(&pool, reader, status.position(), &timeout).await {
+            Ok(upto) => upto,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record this gateway's position; retrying later");
+                continue;
+            }
+        };
+        if !pruning {
+            continue;
+        }
         loop {
             let deleted = sqlx::query_scalar::<_, i64>("select livegate.prune($1::interval, $2, $3, $4)")
                 .bind(max_age.as_deref())
                 .bind(keep)
                 .bind(retention.prune_batch as i32)
-                .bind(status.position())
+                .bind(upto)
                 .fetch_one(&pool)
                 .await;
             match deleted {
@@ -616,6 +633,30 @@ async fn prune(pool: PgPool, retention: HistoryConfig, status: Arc<FeedStatus>) 
             }
         }
     }
+}
+
+/// Records `position` as this gateway's, forgets gateways gone for ten timeouts, and returns the
+/// lowest position of the gateways seen within the timeout (this one's included): what pruning
+/// may reach.
+async fn low_water(pool: &PgPool, reader: Uuid, position: i64, timeout: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query(
+        "insert into livegate.readers (id, position, seen_at) values ($1::uuid, $2, now()) \
+         on conflict (id) do update set position = excluded.position, seen_at = now()",
+    )
+    .bind(reader.to_string())
+    .bind(position)
+    .execute(pool)
+    .await?;
+    sqlx::query("delete from livegate.readers where seen_at < now() - 10 * $1::interval")
+        .bind(timeout)
+        .execute(pool)
+        .await?;
+    let lowest: Option<i64> =
+        sqlx::query_scalar("select min(position) from livegate.readers where seen_at >= now() - $1::interval")
+            .bind(timeout)
+            .fetch_one(pool)
+            .await?;
+    Ok(lowest.unwrap_or(position).min(position))
 }
 
 /// Samples `pg_notification_queue_usage()`: a queue that fills up (a listener somewhere not

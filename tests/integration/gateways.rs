@@ -241,3 +241,52 @@ async fn gateways_started_together_all_start() {
     }
     first.kill().await;
 }
+
+/// A gateway that falls behind (frozen) keeps its unread changes: the other gateway's pruner
+/// stops at the lowest position a live gateway recorded, so the laggard catches up with no
+/// reset, however tight the retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_gateway_keeps_its_unread_changes_from_the_others_pruner() {
+    let db = TestDb::create().await;
+    db.execute(MESSAGES).await;
+    let retention = [
+        ("LIVEGATE_HISTORY__MAX_CHANGES", "20"),
+        ("LIVEGATE_HISTORY__PRUNE_INTERVAL_MS", "100"),
+        ("LIVEGATE_HISTORY__READER_TIMEOUT_SECS", "60"),
+    ];
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = GatewayProcess::start_with(&db.url, port_a, &retention).await;
+    let b = GatewayProcess::start_with(&db.url, port_b, &retention).await;
+    let mut lagging = SseClient::get(port_b, "/events/messages", &[]).await;
+    lagging.expect("subscribed").await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // both have recorded their positions
+    b.signal(libc::SIGSTOP);
+    db.execute("insert into messages (n) select i from generate_series(1, 200) i").await;
+    // The other gateway publishes everything and prunes what it may.
+    let mut fresh = SseClient::get(port_a, "/events/messages", &[]).await;
+    fresh.expect("subscribed").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (floor, head): (i64, i64) =
+        sqlx::query_as("select floor, head from livegate.stream").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(head, 200);
+    assert!(floor <= 1, "nothing the frozen gateway has not read is pruned (floor {floor})");
+    b.signal(libc::SIGCONT);
+    let mut seen = BTreeSet::new();
+    while seen.len() < 200 {
+        let event = lagging.next_event().await;
+        assert_eq!(event.name(), "create", "no gap, no reset: {:?}", event.data);
+        assert!(seen.insert(event.json()["object"]["n"].as_i64().unwrap()));
+    }
+    // Once it has caught up, retention applies again.
+    let mut pruned = 0i64;
+    for _ in 0..50 {
+        pruned = sqlx::query_scalar("select floor from livegate.stream").fetch_one(&db.pool).await.unwrap();
+        if pruned >= 180 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pruned >= 180, "pruned to the retention once both read everything (floor {pruned})");
+    a.kill().await;
+    b.kill().await;
+}
