@@ -18,7 +18,6 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "watch_lock", include_str!("../migrations/0004_watch_lock.sql")),
     (5, "idle_sequence", include_str!("../migrations/0005_idle_sequence.sql")),
     (6, "readers", include_str!("../migrations/0006_readers.sql")),
-    (7, "skip_locked", include_str!("../migrations/0007_skip_locked.sql")),
 ];
 
 /// Arbitrary constant shared by every livegate process: key of the migration advisory lock.

@@ -619,16 +619,10 @@ async fn prune(pool: PgPool, retention: HistoryConfig, status: Arc<FeedStatus>) 
                 .fetch_one(&pool)
                 .await;
             match deleted {
-                Ok(n) if n >= i64::from(retention.prune_batch) => {
-                    let _ = sqlx::query("select pg_notify('livegate', '')").execute(&pool).await;
-                    tokio::task::yield_now().await
-                }
+                Ok(n) if n >= i64::from(retention.prune_batch) => tokio::task::yield_now().await,
                 Ok(n) => {
                     if n > 0 {
                         tracing::debug!(deleted = n, "pruned history");
-                        // Sequencers skip while a pruning batch holds the stream row: ring
-                        // the doorbell so that what they skipped is sequenced now.
-                        let _ = sqlx::query("select pg_notify('livegate', '')").execute(&pool).await;
                     }
                     break;
                 }

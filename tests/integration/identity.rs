@@ -63,7 +63,7 @@ async fn migrations_apply_once_and_rerun_as_a_no_op() {
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
     db.execute("insert into livegate.sessions (token, user_id) values ('t', 'u')").await;
     db.execute("insert into livegate.role_inheritance values ('Moderator', 'Admin')").await;
     let roles: Vec<String> =
