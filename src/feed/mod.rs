@@ -6,7 +6,9 @@
 //! (`livegate.advance`), reads everything after its cursor in position order and hands it to
 //! the hub. Delivery only ever comes from that ordered read, so after any gap (lost listener,
 //! database restart) the catch-up read precedes anything newer, and a lost notification only
-//! delays a change until the next poll. The *pruner* deletes history outside retention.
+//! delays a change until the next poll. The *pruner* records this gateway's position in
+//! `livegate.readers` and deletes history outside retention, never past the lowest position a
+//! live gateway recorded, so a lagging gateway keeps what it has not read.
 //!
 //! [`History`] reads the retained changes for clients that resume from an older position. The
 //! stream's epoch is checked on every read: when history was lost (a truncate, a restored
