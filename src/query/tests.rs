@@ -1009,13 +1009,16 @@ fn arbitrary_object(rng: &mut Rng) -> Map<String, Value> {
 }
 
 /// Thousands of arbitrary wheres and objects: compiling and matching never panic, and a query
-/// that compiles answers the same twice.
+/// that compiles answers the same twice. The CI run is 4,000 wheres; `LIVEGATE_FUZZ_ITERATIONS`
+/// (and `LIVEGATE_FUZZ_SEED`) run it longer, as for the request decoder.
 #[test]
 fn never_panics_on_arbitrary_input() {
-    let mut rng = Rng::new(1);
+    let rounds: usize = std::env::var("LIVEGATE_FUZZ_ITERATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(4_000);
+    let seed = std::env::var("LIVEGATE_FUZZ_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let mut rng = Rng::new(seed);
     let objects: Vec<Map<String, Value>> = (0..64).map(|_| arbitrary_object(&mut rng)).collect();
     let (mut compiled, mut matched) = (0, 0);
-    for round in 0..4_000 {
+    for round in 0..rounds {
         let where_ = if round % 3 == 0 {
             match arbitrary(&mut rng, 4) {
                 Value::Object(map) => map,
@@ -1034,8 +1037,8 @@ fn never_panics_on_arbitrary_input() {
         }
     }
     // The generator must exercise the matcher, not only the refusals.
-    assert!(compiled > 1_000, "only {compiled} of 4000 wheres compiled");
-    assert!(matched > 100, "only {matched} matches");
+    assert!(compiled > rounds / 4, "only {compiled} of {rounds} wheres compiled");
+    assert!(matched > rounds / 40, "only {matched} matches");
 }
 
 #[test]
