@@ -15,8 +15,12 @@ fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
 }
 
-/// Installs the pinned SDK when it is missing. Err explains why it could not be.
+/// Installs the pinned SDK when it is missing. Err explains why it could not be. Tests run in
+/// parallel: one installs while the others wait (a second `npm ci` would delete the first's
+/// `node_modules` under a running client).
 async fn ensure_sdk() -> Result<(), String> {
+    static INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _installing = INSTALL.lock().await;
     let dir = js_dir();
     if dir.join("node_modules/parse/package.json").exists() {
         return Ok(());
