@@ -110,8 +110,14 @@ fn hub(subscriptions: usize, indexed: bool, deliveries: bool) {
             ),
             acl: None,
         };
-        let change =
-            Change { pos: i as i64, class: "Message".into(), kind: ChangeKind::Insert, old: None, new: Some(image), captured_us: 0 };
+        let change = Change {
+            pos: i as i64,
+            class: "Message".into(),
+            kind: ChangeKind::Insert,
+            old: None,
+            new: Some(image),
+            captured_us: 0,
+        };
         let start = Instant::now();
         hub.publish(&change);
         busy += start.elapsed();
@@ -158,8 +164,14 @@ fn authorization(label: &str, acl: Option<Value>) {
             object: object(json!({"className": "Message", "objectId": i.to_string(), "body": "hello"})),
             acl: acl.clone(),
         };
-        let change =
-            Change { pos: i as i64, class: "Message".into(), kind: ChangeKind::Insert, old: None, new: Some(image), captured_us: 0 };
+        let change = Change {
+            pos: i as i64,
+            class: "Message".into(),
+            kind: ChangeKind::Insert,
+            old: None,
+            new: Some(image),
+            captured_us: 0,
+        };
         let start = Instant::now();
         hub.publish(&change);
         busy += start.elapsed();

@@ -27,10 +27,10 @@ use crate::auth::rules::{ClassRules, Denied};
 use crate::auth::{Identity, TokenError, TokenResolver};
 use crate::catchup::{Catchup, Resume};
 use crate::hub::{ConnectionId, Hub, Outbox, Start, SubscribeError, Subscription};
-use crate::snapshot::{self, SnapshotError, SnapshotRead, SnapshotSource};
 use crate::position::Position;
 use crate::protocol::{code, Refusal, RequestId};
 use crate::query::{QueryError, QueryLimits};
+use crate::snapshot::{self, SnapshotError, SnapshotRead, SnapshotSource};
 
 /// What the pipeline needs, shared by every connection of a server.
 pub struct Admission {
@@ -212,7 +212,8 @@ impl Admission {
             None => self.hub.subscribe(connection, request_id, subscription, Start::Now).map(Started::Live),
             Some(since) => {
                 let outbox = outbox.clone();
-                let resume = Resume { connection, request_id, subscription, since, outbox, skip: Vec::new(), resnapshot };
+                let resume =
+                    Resume { connection, request_id, subscription, since, outbox, skip: Vec::new(), resnapshot };
                 self.catchup.start(resume).map(Started::CatchingUp)
             }
         };

@@ -18,12 +18,12 @@ use crate::catchup::Catchup;
 use crate::config::{Config, ConfigError, Settings};
 use crate::database::{self, DatabaseConfig, DatabaseError};
 use crate::feed::{self, Feed, Snapshots};
-use crate::snapshot::SnapshotSource;
 use crate::http::cors;
 use crate::http::{self, Listeners, Status};
 use crate::hub::Hub;
 use crate::quota::Gate;
 use crate::session::SessionSettings;
+use crate::snapshot::SnapshotSource;
 use crate::telemetry::Metrics;
 use crate::transport::frame_guard::ReceiveBudget;
 use crate::transport::sse::{self, SseSettings};
@@ -346,9 +346,4 @@ pub async fn watch(pool: &PgPool, table: &str) -> Result<(), StartError> {
 pub async fn unwatch(pool: &PgPool, table: &str) -> Result<(), StartError> {
     database::migrate(pool).await?;
     Ok(feed::unwatch(pool, table).await?)
-}
-
-/// Stops a running application gracefully within `timeout`.
-pub async fn stop(handle: ServerHandle, timeout: Duration) {
-    let _ = tokio::time::timeout(timeout, handle.stop(true)).await;
 }

@@ -147,9 +147,7 @@ impl Catchup {
         let at = Position::new(read.epoch, read.head);
         let (request_id, objects) = (request_id.clone(), read.objects);
         let told = Outgoing::Gap { request_id: request_id.clone(), gap, position: at, snapshot: true };
-        if !outbox.send(told).await
-            || !outbox.send(Outgoing::Result { request_id, objects, reset: true }).await
-        {
+        if !outbox.send(told).await || !outbox.send(Outgoing::Result { request_id, objects, reset: true }).await {
             return;
         }
         let resume = Resume { since: at, skip: read.skip, resnapshot: None, ..resume };

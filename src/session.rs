@@ -337,7 +337,10 @@ impl ParseSession {
         self.held.insert(request_id.clone(), Held { token: own_token, identity, subscription: kept });
         let started = match resume_from {
             // A snapshot, then the changes after it (a resume replays instead).
-            None if snapshot => match admission.snapshot(&subscription, &where_, &request_id, self.outbox.max_bytes()).await {
+            None if snapshot => match admission
+                .snapshot(&subscription, &where_, &request_id, self.outbox.max_bytes())
+                .await
+            {
                 Ok(mut read) => {
                     let objects = std::mem::take(&mut read.objects);
                     self.outbox.send(Outgoing::Result { request_id: request_id.clone(), objects, reset: false }).await;

@@ -138,7 +138,12 @@ mod tests {
     }
 
     impl HistorySource for Counted {
-        fn read<'a>(&'a self, after: i64, upto: i64, class: &'a str) -> BoxFuture<'a, Result<HistoryBatch, HistoryError>> {
+        fn read<'a>(
+            &'a self,
+            after: i64,
+            upto: i64,
+            class: &'a str,
+        ) -> BoxFuture<'a, Result<HistoryBatch, HistoryError>> {
             Box::pin(async move {
                 self.reads.fetch_add(1, Ordering::SeqCst);
                 if let Some(gate) = &self.gate {
@@ -157,7 +162,14 @@ mod tests {
 
     fn change(pos: i64) -> Change {
         let object = json!({"objectId": pos.to_string()}).as_object().cloned().unwrap();
-        Change { pos, class: "Msg".into(), kind: ChangeKind::Insert, old: None, new: Some(RowImage { object, acl: None }), captured_us: 0 }
+        Change {
+            pos,
+            class: "Msg".into(),
+            kind: ChangeKind::Insert,
+            old: None,
+            new: Some(RowImage { object, acl: None }),
+            captured_us: 0,
+        }
     }
 
     fn positions(batch: &HistoryBatch) -> Vec<i64> {

@@ -72,7 +72,14 @@ impl HistorySource for Changes {
 fn change(pos: i64) -> Change {
     let object: Map<String, Value> =
         json!({"className": "Msg", "objectId": pos.to_string(), "n": pos}).as_object().cloned().unwrap();
-    Change { pos, class: "Msg".into(), kind: ChangeKind::Insert, old: None, new: Some(RowImage { object, acl: None }), captured_us: 0 }
+    Change {
+        pos,
+        class: "Msg".into(),
+        kind: ChangeKind::Insert,
+        old: None,
+        new: Some(RowImage { object, acl: None }),
+        captured_us: 0,
+    }
 }
 
 struct Client {

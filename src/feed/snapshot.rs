@@ -69,15 +69,7 @@ impl Snapshots {
         limit: usize,
     ) -> Result<SnapshotRead, SnapshotError> {
         let tables = self.tables_of(class).await.map_err(|e| self.error(e))?;
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
-        sqlx::query("set transaction isolation level repeatable read, read only")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.error(e))?;
-        sqlx::query(&format!("set local statement_timeout = {}", self.timeout.as_millis().max(1)))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.error(e))?;
+        let mut tx = self.begin().await.map_err(|e| self.error(e))?;
         // The first read takes the transaction's snapshot: the head, and what it sees unsequenced.
         let (epoch, head): (String, i64) = sqlx::query_as("select epoch::text, head from livegate.stream")
             .fetch_one(&mut *tx)
@@ -105,7 +97,14 @@ impl Snapshots {
             while let Some(row) = rows.try_next().await.map_err(|e| self.error(e))? {
                 let Value::Object(row) = row.try_get::<Value, _>("row").map_err(|e| self.error(e))? else { continue };
                 let image = to_parse_object(info, row);
-                let change = Change { pos: head, class: info.class.clone(), kind: ChangeKind::Insert, old: None, new: Some(image), captured_us: 0 };
+                let change = Change {
+                    pos: head,
+                    class: info.class.clone(),
+                    kind: ChangeKind::Insert,
+                    old: None,
+                    new: Some(image),
+                    captured_us: 0,
+                };
                 if let Some(object) = encode(&change) {
                     if objects.len() >= limit {
                         return Err(SnapshotError::TooManyRows { limit });
@@ -117,6 +116,16 @@ impl Snapshots {
         drop(tx);
         let skip = self.sequenced(&unsequenced).await?;
         Ok(SnapshotRead { epoch, head, skip, objects })
+    }
+
+    /// A repeatable-read, read-only transaction under the statement timeout; its snapshot is
+    /// taken by its first read.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+        let timeout = format!("set local statement_timeout = {}", self.timeout.as_millis().max(1));
+        sqlx::query(&timeout).execute(&mut *tx).await?;
+        Ok(tx)
     }
 
     /// The positions `changes` (ids) were given, once every one has one.
@@ -139,7 +148,9 @@ impl Snapshots {
                 return Ok(skip);
             }
             if started.elapsed() > SEQUENCING_WAIT {
-                return Err(SnapshotError::Unavailable("changes are not being sequenced (is the feed running?)".into()));
+                return Err(SnapshotError::Unavailable(
+                    "changes are not being sequenced (is the feed running?)".into(),
+                ));
             }
             tokio::time::sleep(SEQUENCING_POLL).await;
         }
@@ -220,7 +231,8 @@ pub fn narrowing(where_: &Map<String, Value>, info: &TableInfo) -> Narrowing {
         let kind = if field == "objectId" && kind != ColumnKind::Integer { ColumnKind::Text } else { kind };
         let objectid_integer = field == "objectId" && kind == ColumnKind::Integer;
         let term = |op: &str, value: &Value, narrowing: &mut Narrowing| -> Option<String> {
-            let value = if objectid_integer { Value::from(value.as_str()?.parse::<i64>().ok()?) } else { value.clone() };
+            let value =
+                if objectid_integer { Value::from(value.as_str()?.parse::<i64>().ok()?) } else { value.clone() };
             let (text, cast) = literal(kind, &value, op == "=")?;
             narrowing.params.push(text);
             Some(format!("{column_sql} {op} ${}::text::{cast}", narrowing.params.len()))
@@ -293,7 +305,9 @@ fn literal(kind: ColumnKind, value: &Value, equality: bool) -> Option<(String, &
             Some(i) => Some((i.to_string(), "int8")),
             None => n.as_f64().filter(|f| f.is_finite()).map(|f| (f.to_string(), "float8")),
         },
-        (ColumnKind::Float, Value::Number(n)) => n.as_f64().filter(|f| f.is_finite()).map(|f| (f.to_string(), "float8")),
+        (ColumnKind::Float, Value::Number(n)) => {
+            n.as_f64().filter(|f| f.is_finite()).map(|f| (f.to_string(), "float8"))
+        }
         (ColumnKind::Numeric, Value::Number(n)) => Some((n.to_string(), "numeric")),
         _ => None,
     }
@@ -308,7 +322,8 @@ mod tests {
     use super::*;
 
     fn info() -> TableInfo {
-        let types = [("id", "int8"), ("room", "text"), ("n", "int4"), ("done", "bool"), ("score", "float8"), ("tags", "_text")];
+        let types =
+            [("id", "int8"), ("room", "text"), ("n", "int4"), ("done", "bool"), ("score", "float8"), ("tags", "_text")];
         TableInfo {
             class: "messages".into(),
             primary_key: vec!["id".into()],

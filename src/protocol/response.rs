@@ -112,7 +112,12 @@ pub fn encode_reply(reply: &Reply<'_>, client_id: &str, installation_id: Option<
 
 /// `result`: the rows of a subscription's query (each an encoded object), for `query` or a
 /// `subscribe` with `snapshot`.
-pub fn encode_result(objects: &[String], request_id: &RequestId, client_id: &str, installation_id: Option<&str>) -> String {
+pub fn encode_result(
+    objects: &[String],
+    request_id: &RequestId,
+    client_id: &str,
+    installation_id: Option<&str>,
+) -> String {
     let mut out = String::with_capacity(96 + objects.iter().map(|o| o.len() + 1).sum::<usize>());
     head(&mut out, "result", client_id, installation_id);
     push_request_id(&mut out, request_id);
@@ -207,7 +212,11 @@ mod tests {
             r#"{"op":"subscribed","clientId":"c1","requestId":3,"position":"5-ab"}"#
         );
         assert_eq!(
-            encode_reply(&Reply::Gap { request_id: &id, reason: "expired", position: "9-ab", snapshot: false }, "c1", None),
+            encode_reply(
+                &Reply::Gap { request_id: &id, reason: "expired", position: "9-ab", snapshot: false },
+                "c1",
+                None
+            ),
             r#"{"op":"gap","clientId":"c1","requestId":3,"reason":"expired","position":"9-ab"}"#
         );
     }

@@ -40,10 +40,10 @@ use super::{peer_ip, sleep_until, turned_away};
 use crate::admission::{Admission, Refused, Started, SubscribeRequest};
 use crate::auth::{constant_time_eq, Identity, TokenError};
 use crate::hub::{CloseCause, ConnectionId, Delivery, Hub, Outbox, Outgoing, Queue, QueueBudget, Subscription};
-use crate::snapshot::{SnapshotError, SnapshotRead};
 use crate::position::Position;
 use crate::protocol::{code, EventOp, Refusal, RequestId};
 use crate::quota::{Gate, Permit};
+use crate::snapshot::{SnapshotError, SnapshotRead};
 use crate::telemetry::metrics::Tally;
 use crate::telemetry::{Disconnect, Metrics, Transport};
 
@@ -159,7 +159,9 @@ fn flag(name: &str, value: Option<&str>) -> Result<bool, Rejection> {
     match value {
         None | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") | Some("") => Ok(true),
-        Some(other) => Err(Rejection::bad_request(code::SCHEMA, format!("{name} must be true or false, not {other:?}"))),
+        Some(other) => {
+            Err(Rejection::bad_request(code::SCHEMA, format!("{name} must be true or false, not {other:?}")))
+        }
     }
 }
 
@@ -267,13 +269,10 @@ pub async fn events(req: HttpRequest, class: web::Path<String>, settings: web::D
         Err(rejection) => return rejection.refused(&settings.metrics, None),
     };
     let snapshot = match admitted.snapshot {
-        true => match settings.admission.snapshot(
-            &admitted.subscription,
-            &admitted.where_,
-            &request_id(),
-            settings.send_queue.bytes,
-        )
-        .await
+        true => match settings
+            .admission
+            .snapshot(&admitted.subscription, &admitted.where_, &request_id(), settings.send_queue.bytes)
+            .await
         {
             Ok(read) => Some(read),
             Err(refused) => return Rejection::from(refused).refused(&settings.metrics, Some("snapshot")),

@@ -228,9 +228,7 @@ impl Sender<'_> {
     /// Frames and writes one item; the socket's own buffer may be full too, so overflow of the
     /// queue is watched meanwhile.
     async fn send(&mut self, item: Outgoing) -> Result<(), Stop> {
-        self.count(&item);
-        let Some(text) = self.framer.frame(item) else { return Ok(()) };
-        self.tally.bytes(text.len());
+        let Some(text) = self.encode(item) else { return Ok(()) };
         let sent = tokio::select! {
             sent = self.socket.text(text) => sent.map_err(|_| Stop::client()),
             _ = self.outbox.closed() => Err(self.closed().await),
@@ -239,6 +237,14 @@ impl Sender<'_> {
             self.tally.flush(self.metrics, Transport::WebSocket);
         }
         sent
+    }
+
+    /// The frame for `item`, counted in the connection's tally and metrics.
+    fn encode(&mut self, item: Outgoing) -> Option<String> {
+        self.count(&item);
+        let text = self.framer.frame(item)?;
+        self.tally.bytes(text.len());
+        Some(text)
     }
 
     fn count(&mut self, item: &Outgoing) {
@@ -264,9 +270,7 @@ impl Sender<'_> {
         match self.outbox.cause() {
             Some(CloseCause::Shutdown { .. }) => {
                 while let Ok(item) = self.queue.try_recv() {
-                    self.count(&item);
-                    let Some(text) = self.framer.frame(item) else { continue };
-                    self.tally.bytes(text.len());
+                    let Some(text) = self.encode(item) else { continue };
                     if self.socket.text(text).await.is_err() {
                         return Stop::client();
                     }

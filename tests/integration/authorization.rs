@@ -556,18 +556,26 @@ async fn snapshots_hold_only_the_rows_the_subscriber_may_read() {
     for (token, master, expected) in cases {
         let (mut ws, reply) = connect(&app, token.as_deref(), master).await;
         assert_eq!(reply["op"], "connected");
-        ws.send(json!({"op": "subscribe", "requestId": 1, "snapshot": true, "query": {"className": "docs", "where": {}}}))
-            .await;
+        ws.send(
+            json!({"op": "subscribe", "requestId": 1, "snapshot": true, "query": {"className": "docs", "where": {}}}),
+        )
+        .await;
         let result = ws.recv().await;
-        let mut ids: Vec<&str> = result["results"].as_array().unwrap().iter().map(|o| o["objectId"].as_str().unwrap()).collect();
+        let mut ids: Vec<&str> =
+            result["results"].as_array().unwrap().iter().map(|o| o["objectId"].as_str().unwrap()).collect();
         ids.sort();
         assert_eq!(ids, expected, "token {token:?} master {master}: {result}");
         if let Some(token) = &token {
             let bearer = format!("Bearer {token}");
-            let mut sse = SseClient::get(app.port, "/events/docs?snapshot=true", &[("Authorization", bearer.as_str())]).await;
+            let mut sse =
+                SseClient::get(app.port, "/events/docs?snapshot=true", &[("Authorization", bearer.as_str())]).await;
             let snapshot = sse.expect("snapshot").await;
-            let mut ids: Vec<String> =
-                snapshot.json()["objects"].as_array().unwrap().iter().map(|o| o["objectId"].as_str().unwrap().to_string()).collect();
+            let mut ids: Vec<String> = snapshot.json()["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["objectId"].as_str().unwrap().to_string())
+                .collect();
             ids.sort();
             assert_eq!(ids, expected, "the same over SSE");
         }

@@ -630,7 +630,11 @@ async fn demo_page_keeps_a_live_list_from_a_snapshot_across_restarts_and_gaps() 
     let test = "demo_page_keeps_a_live_list_from_a_snapshot_across_restarts_and_gaps";
     let Some(browser) = launch_or_skip(test).await else { return };
     let mut app = crate::support::TestApp::spawn_with(|c| c.limits.replay_changes = 5).await;
-    app.db.execute("insert into messages (id, room, body) values (1, 'lobby', 'one'), (2, 'lobby', 'two'), (3, 'other', 'no')").await;
+    app.db
+        .execute(
+            "insert into messages (id, room, body) values (1, 'lobby', 'one'), (2, 'lobby', 'two'), (3, 'other', 'no')",
+        )
+        .await;
     app.wait_until_published().await;
     let url = format!("http://127.0.0.1:{}/?class=messages&where=%7B%22room%22%3A%22lobby%22%7D", app.port);
     let page = browser.open(&url).await.expect("the demo page opens");
@@ -653,17 +657,22 @@ async fn demo_page_keeps_a_live_list_from_a_snapshot_across_restarts_and_gaps() 
     // A long one: more changes than the gateway replays (limits.replay_changes = 5).
     app.stop().await;
     page.wait_for("livegate.errors >= 2", PATIENCE).await.expect("the page notices again");
-    app.db.execute("insert into messages (id, room, body) select i, 'lobby', 'bulk' from generate_series(10, 19) i").await;
+    app.db
+        .execute("insert into messages (id, room, body) select i, 'lobby', 'bulk' from generate_series(10, 19) i")
+        .await;
     app.db.execute("delete from messages where id in (2, 4)").await;
     app.restart().await;
     let expected: Vec<String> = {
-        let rows: Vec<(i64,)> = sqlx::query_as("select id from messages where room = 'lobby'").fetch_all(&app.db.pool).await.unwrap();
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("select id from messages where room = 'lobby'").fetch_all(&app.db.pool).await.unwrap();
         let mut ids: Vec<String> = rows.into_iter().map(|(id,)| id.to_string()).collect();
         ids.sort();
         ids
     };
     let expected = expected.join(",");
-    page.wait_for(&format!("{ids} === '{expected}'"), Duration::from_secs(30)).await.expect("a fresh snapshot after the gap");
+    page.wait_for(&format!("{ids} === '{expected}'"), Duration::from_secs(30))
+        .await
+        .expect("a fresh snapshot after the gap");
     assert_eq!(page.eval(shown).await.unwrap(), expected.as_str());
     let gaps = page.eval("livegate.events.filter(e => e.event === 'gap').map(e => e.data.reason)").await.unwrap();
     let events = page.eval("JSON.stringify(livegate.events.map(e => [e.event, e.id]))").await.unwrap();

@@ -105,7 +105,8 @@ async fn the_official_parse_js_sdk_finds_the_current_rows_of_its_subscription() 
     }
     let app = TestApp::spawn_with(|c| {
         c.keys.javascript_key = Some("js-key".into());
-        let rule = livegate::auth::rules::ClassRule { protected_fields: vec!["secret_note".into()], ..Default::default() };
+        let rule =
+            livegate::auth::rules::ClassRule { protected_fields: vec!["secret_note".into()], ..Default::default() };
         c.classes.insert("messages".into(), rule);
     })
     .await;

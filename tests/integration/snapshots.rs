@@ -216,7 +216,10 @@ async fn snapshots_past_the_row_limit_are_refused_clearly_on_both_transports() {
         "query": {"className": "messages", "where": {"room": "big"}}}))
         .await;
     let refused = ws.recv().await;
-    assert_eq!((refused["op"].as_str(), refused["code"].as_i64(), refused["requestId"].as_i64()), (Some("error"), Some(155), Some(3)));
+    assert_eq!(
+        (refused["op"].as_str(), refused["code"].as_i64(), refused["requestId"].as_i64()),
+        (Some("error"), Some(155), Some(3))
+    );
     assert!(refused["error"].as_str().unwrap().contains("limits.snapshot_rows (5)"), "{refused}");
     // Without the snapshot, the same subscription is fine; a narrower snapshot too.
     ws.send(json!({"op": "subscribe", "requestId": 4, "snapshot": true,
@@ -286,7 +289,11 @@ async fn a_lost_position_gets_the_gap_then_a_fresh_snapshot_on_both_transports()
         "query": {"className": "messages", "where": {"room": "gap"}}}))
         .await;
     let gap = ws.recv().await;
-    assert_eq!((gap["op"].as_str(), gap["reason"].as_str(), gap["snapshot"].as_bool()), (Some("gap"), Some("reset"), Some(true)), "{gap}");
+    assert_eq!(
+        (gap["op"].as_str(), gap["reason"].as_str(), gap["snapshot"].as_bool()),
+        (Some("gap"), Some("reset"), Some(true)),
+        "{gap}"
+    );
     let result = ws.recv().await;
     assert_eq!(result["op"], "result", "{result}");
     assert_eq!(result["results"].as_array().map(Vec::len), Some(11));
@@ -312,7 +319,8 @@ async fn a_lost_position_gets_the_gap_then_a_fresh_snapshot_on_both_transports()
 async fn sse_streams_filter_ops_and_carry_timestamps_and_changes() {
     let app = TestApp::spawn().await;
     let where_ = encode(r#"{"room":"seed"}"#);
-    let mut filtered = SseClient::get(app.port, &format!("/events/messages?ops=create,delete&where={where_}"), &[]).await;
+    let mut filtered =
+        SseClient::get(app.port, &format!("/events/messages?ops=create,delete&where={where_}"), &[]).await;
     let mut changes = SseClient::get(app.port, &format!("/events/messages?changes=true&where={where_}"), &[]).await;
     filtered.expect("subscribed").await;
     changes.expect("subscribed").await;
@@ -416,7 +424,9 @@ async fn an_sse_stream_whose_position_was_pruned_gets_a_gap_and_a_fresh_snapshot
 #[tokio::test]
 async fn a_snapshot_larger_than_the_send_queue_allows_is_refused_not_cut_off() {
     let app = TestApp::spawn_with(|c| c.limits.send_queue_bytes = 8_192).await;
-    app.db.execute("insert into messages (room, body) select 'wide', repeat('x', 200) from generate_series(1, 40)").await;
+    app.db
+        .execute("insert into messages (room, body) select 'wide', repeat('x', 200) from generate_series(1, 40)")
+        .await;
     let mut ws = app.client().await;
     ws.connect_parse().await;
     ws.send(json!({"op": "subscribe", "requestId": 1, "snapshot": true,
